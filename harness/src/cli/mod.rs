@@ -1,0 +1,43 @@
+//! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Result of a subcommand: an exit code, or a harness error rendered by miette.
+pub type CmdResult = miette::Result<ExitCode>;
+
+/// Hardware-in-the-loop test and diagnosis harness for ESP8266/ESP8285 (Sonoff) boards.
+#[derive(Debug, Parser)]
+#[command(name = "harness", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+}
+
+/// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Runs the chosen subcommand.
+pub fn run(cli: Cli) -> CmdResult {
+    match cli.command {}
+}

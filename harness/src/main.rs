@@ -1,0 +1,22 @@
+//! The `harness` command line: parses arguments, calls the library, renders, maps to exit codes.
+//!
+//! Exit codes follow ripgrep: 0 = ran and passed, 1 = the device (or image) failed a check,
+//! 2 = the harness itself could not do its job (bad input, I/O error).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_tracing(args.verbose);
+    match cli::run(args) {
+        Ok(code) => code,
+        Err(report) => {
+            eprintln!("{report:?}");
+            ExitCode::from(2)
+        }
+    }
+}
