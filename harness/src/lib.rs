@@ -17,3 +17,4 @@
 
 pub mod board;
 pub mod bootlog;
+pub mod triage;

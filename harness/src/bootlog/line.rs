@@ -1,0 +1,977 @@
+//! nom parsers for single lines of a capture.
+//!
+//! Every parser is a pure function of one line's bytes. They are tolerant: real captures have
+//! timestamps in front, garbage behind, lines cut short and `\r` where `\n` belongs, so a parser
+//! matches the known prefix of a line and hands whatever follows back to the caller.
+
+use memchr::memmem;
+use nom::{
+    IResult, Parser,
+    bytes::complete::{tag, take_while, take_while_m_n},
+    character::complete::{char, digit1, space0, space1},
+    combinator::{map, map_opt, opt},
+    sequence::preceded,
+};
+
+use super::event::{Banner, BootMode, Event, PostmortemKind, Registers, RstCause, UpdateEvent};
+
+/// Longest line kept as evidence text; longer lines are cut (the parse sees all bytes).
+pub(crate) const EVIDENCE_CHARS: usize = 160;
+
+/// Deepest chain of "event, then the rest of the line" on one line.
+const MAX_SPLITS: usize = 4;
+
+/// Parses one line (without its terminator) and calls `emit` with each event found and the
+/// bytes that show it. A line can carry several events, e.g. garbage followed by a ROM banner
+/// when the app's last output had no newline, or `@` + `cp:0` from eboot; events of one token
+/// chain are shown with the whole line.
+pub(crate) fn parse_line(line: &[u8], emit: &mut impl FnMut(Event, &[u8])) {
+    parse_part(line, None, 0, emit);
+}
+
+fn parse_part(
+    line: &[u8],
+    chain: Option<&[u8]>,
+    depth: usize,
+    emit: &mut impl FnMut(Event, &[u8]),
+) {
+    let line = trim(line);
+    let line = strip_monitor_timestamp(line);
+    if line.is_empty() {
+        return;
+    }
+    let scan = scan(line);
+    // A bare CR inside a line (progress output, terminals) separates parts of the line.
+    if !scan.plain && depth == 0 && memchr::memchr(b'\r', line).is_some() {
+        for part in line.split(|&c| c == b'\r') {
+            parse_part(part, None, depth + 1, emit);
+        }
+        return;
+    }
+    // The banner can follow garbage or app output on the same line; split there.
+    if scan.has_j
+        && let Some(pos) = find_banner(line)
+    {
+        if pos > 0 {
+            parse_part(&line[..pos], None, depth + 1, emit);
+        }
+        let banner_text = &line[pos..];
+        emit(Event::RomBanner(banner(banner_text)), banner_text);
+        return;
+    }
+    match classify(line) {
+        Some((event, rest)) => {
+            let shown = chain.unwrap_or(line);
+            let rest = trim(rest);
+            if rest.is_empty() {
+                emit(event, shown);
+            } else {
+                let used = &line[..line.len() - rest.len()];
+                emit(event, chain.unwrap_or(used));
+                if depth < MAX_SPLITS {
+                    parse_part(rest, chain.or(Some(line)), depth + 1, emit);
+                } else {
+                    emit(Event::Text, rest);
+                }
+            }
+        }
+        None if !scan.plain && is_garbage(line) => {
+            emit(
+                Event::Garbage {
+                    bytes: line.len() as u32,
+                },
+                line,
+            );
+        }
+        None => emit(Event::Text, line),
+    }
+}
+
+/// What one pass over a line tells.
+struct Scan {
+    /// Printable ASCII (and tab) only: the fast path for ordinary output.
+    plain: bool,
+    /// Holds a `J`, so it may hold a ROM banner.
+    has_j: bool,
+}
+
+/// One pass over the line. A reduction without early exit: the compiler turns it into SIMD,
+/// which beats stopping early on lines of a few dozen bytes.
+fn scan(line: &[u8]) -> Scan {
+    let (bad, j) = line.iter().fold((0u8, 0u8), |(bad, j), &c| {
+        (
+            bad | u8::from(!((0x20..0x7f).contains(&c) || c == b'\t')),
+            j | u8::from(c == b'J'),
+        )
+    });
+    Scan {
+        plain: bad == 0,
+        has_j: j != 0,
+    }
+}
+
+fn trim(mut b: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = b {
+        if matches!(first, b' ' | b'\t' | b'\r' | 0) {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    while let [rest @ .., last] = b {
+        if matches!(last, b' ' | b'\t' | b'\r' | 0) {
+            b = rest;
+        } else {
+            break;
+        }
+    }
+    b
+}
+
+/// Serial monitors (Arduino IDE) prefix each line with `HH:MM:SS.mmm -> `.
+fn strip_monitor_timestamp(line: &[u8]) -> &[u8] {
+    if line.len() >= 16
+        && line[2] == b':'
+        && line[5] == b':'
+        && line[8] == b'.'
+        && &line[12..16] == b" -> "
+        && line[..12]
+            .iter()
+            .enumerate()
+            .all(|(i, c)| matches!(i, 2 | 5 | 8) || c.is_ascii_digit())
+    {
+        trim(&line[16..])
+    } else {
+        line
+    }
+}
+
+fn find_banner(line: &[u8]) -> Option<usize> {
+    // `J` is rare in serial output, so one memchr rejects almost every line; a substring
+    // searcher costs more per short line than the whole rest of the parse.
+    let mut from = 0;
+    while let Some(j) = memchr::memchr(b'J', &line[from..]) {
+        let j = from + j;
+        if j >= 4 && line[j - 4..].starts_with(b"ets Jan") {
+            return Some(j - 4);
+        }
+        from = j + 1;
+    }
+    None
+}
+
+/// Searchers for substrings looked for inside app lines, built once.
+fn finder(which: &'static [u8]) -> &'static memmem::Finder<'static> {
+    use std::sync::LazyLock;
+    static UPDATE_SUCCESS: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"Update Success"));
+    static ERROR: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(b"ERROR["));
+    if which == b"ERROR[" {
+        &ERROR
+    } else {
+        &UPDATE_SUCCESS
+    }
+}
+
+/// Decides whether a line with non-ASCII or control bytes is text or line noise.
+///
+/// Output read at the wrong baud rate turns into control bytes, invalid UTF-8 and, once a
+/// terminal or a forum has re-encoded it, runs of Latin-1/CP1252 letters, U+FFFD and block
+/// characters. Real text may hold a few non-ASCII characters (a check mark, an umlaut) among
+/// many ASCII ones, so the rule is a ratio: more than one non-text character for every two
+/// printable ASCII characters is noise. Characters are counted by their first byte (UTF-8
+/// continuation bytes are skipped unless they follow ASCII), which needs no decoding and treats
+/// invalid UTF-8 as noise all the same.
+fn is_garbage(line: &[u8]) -> bool {
+    let mut ascii = 0usize;
+    let mut other = 0usize;
+    let mut prev = 0u8;
+    for &c in line {
+        ascii += usize::from((0x20..0x7f).contains(&c) || c == b'\t');
+        // Lead bytes start a character; a continuation byte after ASCII starts nothing valid.
+        let stray = (0x80..0xc0).contains(&c) && prev < 0x80;
+        other += usize::from((c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0 || stray);
+        prev = c;
+    }
+    other * 2 > ascii
+}
+
+/// Matches the known line kinds; returns the event and the unparsed rest of the line.
+fn classify(line: &[u8]) -> Option<(Event, &[u8])> {
+    let first = line[0];
+    let r = match first {
+        b'l' => load(line)
+            .or_else(|| eboot(line))
+            .or_else(|| loader_detail(line)),
+        b't' | b'r' | b'h' => loader_detail(line).or_else(|| rf_cal(line)),
+        b'c' => checksum(line).or_else(|| ctx(line)).or_else(|| eboot(line)),
+        b'w' => prefixed(line, b"wdt reset", Event::WdtReset)
+            .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost)),
+        b'f' => prefixed(line, b"flash read err", Event::FlashReadErr),
+        b'v' => eboot_version(line),
+        b'@' | b'~' => eboot(line),
+        b'e' => prefixed(line, b"ets_main.c", Event::EtsMain)
+            .or_else(|| eboot_error(line))
+            .or_else(|| registers_line(line)),
+        b'E' => exception(line).or_else(|| updater_error(line)),
+        b'F' => fatal_exception(line)
+            .or_else(|| reset_info_fatal(line))
+            .or_else(|| flash_config_error(line)),
+        b'S' => soft_wdt(line)
+            .or_else(|| sdk_start(line))
+            .or_else(|| postmortem(line))
+            .or_else(|| spi_detail(line)),
+        b's' => stack_pointer(line),
+        b'>' => prefixed(line, b">>>stack>>>", Event::StackBegin),
+        b'<' => prefixed(line, b"<<<stack<<<", Event::StackEnd),
+        b'-' | b'T' => cut_here(line),
+        b'P' | b'A' | b'G' => postmortem(line),
+        b'U' => postmortem(line).or_else(|| update_line(line)),
+        b'R' => reset_info(line).or_else(|| rebooting(line)),
+        b'H' => identity(line),
+        b'I' => updater_error(line),
+        b'j' | b'2' => sdk_start(line).or_else(|| stack_words(line)),
+        b'0'..=b'9' | b'a'..=b'f' => stack_words(line),
+        _ => None,
+    };
+    r.or_else(|| {
+        // App lines often carry a timestamp or tag in front of these (Tasmota, ESPEasy).
+        if first.is_ascii_digit() {
+            update_line_anywhere(line)
+        } else {
+            None
+        }
+    })
+}
+
+fn prefixed<'a>(line: &'a [u8], prefix: &[u8], event: Event) -> Option<(Event, &'a [u8])> {
+    line.strip_prefix(prefix).map(|rest| (event, rest))
+}
+
+// Number parsers fold the digits themselves: the digits are already known to be ASCII, and a
+// detour through `str::parse` costs more than the rest of a line's parse.
+
+fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
+    map(
+        take_while_m_n(1, 8, |c: u8| c.is_ascii_hexdigit()),
+        |h: &[u8]| {
+            h.iter()
+                .fold(0u32, |acc, &c| (acc << 4) | u32::from(hex_value(c)))
+        },
+    )
+    .parse(i)
+}
+
+fn hex_value(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c.wrapping_sub(b'A').wrapping_add(10) & 0xF,
+    }
+}
+
+fn dec_u32(i: &[u8]) -> IResult<&[u8], u32> {
+    map_opt(digit1, |d: &[u8]| {
+        d.iter().try_fold(0u32, |acc, &c| {
+            acc.checked_mul(10)?.checked_add(u32::from(c - b'0'))
+        })
+    })
+    .parse(i)
+}
+
+fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
+    map_opt(
+        take_while_m_n(1, 3, |c: u8| c.is_ascii_digit()),
+        |d: &[u8]| {
+            d.iter()
+                .try_fold(0u8, |acc, &c| acc.checked_mul(10)?.checked_add(c - b'0'))
+        },
+    )
+    .parse(i)
+}
+
+/// `ets Jan  8 2013,rst cause:2, boot mode:(3,6)`; fields stay `None` where the line is cut.
+fn banner(line: &[u8]) -> Banner {
+    fn cause(i: &[u8]) -> IResult<&[u8], u8> {
+        let (i, _) = (
+            tag("ets Jan"),
+            space1,
+            digit1,
+            space1,
+            digit1,
+            char(','),
+            space0,
+        )
+            .parse(i)?;
+        preceded(tag("rst cause:"), dec_u8).parse(i)
+    }
+    fn mode(i: &[u8]) -> IResult<&[u8], BootMode> {
+        let (i, _) = (opt(char(',')), space0, tag("boot mode:("), space0).parse(i)?;
+        let (i, x) = dec_u8(i)?;
+        let (i, _) = (space0, char(','), space0).parse(i)?;
+        let (i, y) = dec_u8(i)?;
+        let (i, _) = char(')').parse(i)?;
+        Ok((i, BootMode { x, y }))
+    }
+    match cause(line) {
+        Ok((rest, c)) => Banner {
+            rst_cause: Some(RstCause::from_code(c)),
+            boot_mode: mode(rest).ok().map(|(_, m)| m),
+        },
+        Err(_) => Banner {
+            rst_cause: None,
+            boot_mode: None,
+        },
+    }
+}
+
+/// `load 0x4010f000, len 1384, room 16`.
+fn load(line: &[u8]) -> Option<(Event, &[u8])> {
+    let mut p = (
+        tag("load 0x"),
+        hex_u32,
+        opt(char(',')),
+        space0,
+        tag("len "),
+        dec_u32,
+        opt((opt(char(',')), space0, tag("room "), dec_u32)),
+    );
+    let (rest, (_, addr, _, _, _, len, _)) = p.parse(line).ok()?;
+    Some((Event::Load { addr, len }, rest))
+}
+
+/// `tail N`, `room N`, `ho 0 tail 12 room 4`: the ROM's read-buffer bookkeeping.
+fn loader_detail(line: &[u8]) -> Option<(Event, &[u8])> {
+    let mut p = (
+        take_while(|c: u8| c.is_ascii_lowercase()),
+        space1::<&[u8], nom::error::Error<&[u8]>>,
+        digit1,
+    );
+    let (rest, (word, _, _)) = p.parse(line).ok()?;
+    // The rest of such a line is more bookkeeping (`ho 0 tail 12 room 4`).
+    let _ = rest;
+    matches!(word, b"tail" | b"room" | b"ho").then_some((Event::LoaderDetail, &[][..]))
+}
+
+/// `  SPI Speed : 80MHz` and friends from the SDK's second-stage boot loader.
+fn spi_detail(line: &[u8]) -> Option<(Event, &[u8])> {
+    (line.starts_with(b"SPI Speed")
+        || line.starts_with(b"SPI Mode")
+        || line.starts_with(b"SPI Flash Size"))
+    .then_some((Event::LoaderDetail, &[][..]))
+}
+
+/// `chksum 0x2d`, `csum 0x2d`, `csum err`.
+fn checksum(line: &[u8]) -> Option<(Event, &[u8])> {
+    if let Some(rest) = line.strip_prefix(b"csum err") {
+        return Some((Event::CsumErr, rest));
+    }
+    if let Some(rest) = line.strip_prefix(b"chksum 0x") {
+        let (rest, v) = hex_u32(rest).ok()?;
+        return Some((Event::Chksum((v & 0xFF) as u8), rest));
+    }
+    let rest = line.strip_prefix(b"csum 0x")?;
+    let (rest, v) = hex_u32(rest).ok()?;
+    Some((Event::Csum((v & 0xFF) as u8), rest))
+}
+
+/// `v3ffe903d`: exactly eight hex digits after `v`.
+fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
+    let digits = line.get(1..9)?;
+    if !digits.iter().all(u8::is_ascii_hexdigit)
+        || line.get(9).is_some_and(u8::is_ascii_alphanumeric)
+    {
+        return None;
+    }
+    let (rest, v) = hex_u32(digits).ok()?;
+    debug_assert!(rest.is_empty());
+    Some((Event::EbootVersion(v), &line[9..]))
+}
+
+/// eboot's one-letter protocol: `@` or `~`, then `cp:N`, `cmp:N` or `ld`.
+/// The prefix comes back as its own event so that `@cp:0` yields two.
+fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
+    match line[0] {
+        b'@' => return Some((Event::EbootCommand { found: true }, &line[1..])),
+        b'~' if line.get(1).is_some_and(|&c| c == b'l' || c == b'c') => {
+            return Some((Event::EbootCommand { found: false }, &line[1..]));
+        }
+        _ => {}
+    }
+    if let Some(rest) = line.strip_prefix(b"cp:") {
+        let (rest, result) = digit_opt(rest);
+        return Some((Event::EbootCopy { result }, rest));
+    }
+    if let Some(rest) = line.strip_prefix(b"cmp:") {
+        let (rest, result) = digit_opt(rest);
+        return Some((Event::EbootVerify { result }, rest));
+    }
+    if let Some(rest) = line.strip_prefix(b"ld") {
+        // "ld" followed by a letter is a word of app output, not eboot.
+        if !rest.first().is_some_and(u8::is_ascii_alphanumeric) {
+            return Some((Event::EbootLoad, rest));
+        }
+    }
+    None
+}
+
+fn digit_opt(rest: &[u8]) -> (&[u8], Option<u8>) {
+    match rest.first() {
+        Some(d @ b'0'..=b'9') => (&rest[1..], Some(d - b'0')),
+        _ => (rest, None),
+    }
+}
+
+/// `e:3` alone on its line (eboot failed to load the app).
+fn eboot_error(line: &[u8]) -> Option<(Event, &[u8])> {
+    let rest = line.strip_prefix(b"e:")?;
+    let (after, code) = digit_opt(rest);
+    trim(after)
+        .is_empty()
+        .then_some((Event::EbootError { code }, after))
+}
+
+/// `epc1=0x... epc2=0x... epc3=0x... excvaddr=0x... depc=0x...` (also with `:` and commas).
+fn registers(text: &[u8]) -> Registers {
+    let mut regs = Registers::default();
+    for word in text.split(|&c| c == b' ' || c == b',' || c == b'\t') {
+        let Some(sep) = word.iter().position(|&c| c == b'=' || c == b':') else {
+            continue;
+        };
+        let (key, value) = (&word[..sep], &word[sep + 1..]);
+        let value = value.strip_prefix(b"0x").unwrap_or(value);
+        let Ok((_, v)) = hex_u32(value) else { continue };
+        match key {
+            b"epc1" => regs.epc1 = Some(v),
+            b"epc2" => regs.epc2 = Some(v),
+            b"epc3" => regs.epc3 = Some(v),
+            b"excvaddr" => regs.excvaddr = Some(v),
+            b"depc" => regs.depc = Some(v),
+            _ => {}
+        }
+    }
+    regs
+}
+
+fn registers_line(line: &[u8]) -> Option<(Event, &[u8])> {
+    line.starts_with(b"epc1")
+        .then(|| (Event::Registers(registers(line)), &[][..]))
+}
+
+/// `Exception (9):` as the core's postmortem prints it.
+fn exception(line: &[u8]) -> Option<(Event, &[u8])> {
+    let (rest, (_, _, cause, _)) = (
+        tag::<_, _, nom::error::Error<&[u8]>>("Exception"),
+        space0,
+        paren_num,
+        opt(char(':')),
+    )
+        .parse(line)
+        .ok()?;
+    Some((
+        Event::Exception {
+            cause,
+            sdk: false,
+            regs: registers(rest),
+        },
+        &[][..],
+    ))
+}
+
+fn paren_num(i: &[u8]) -> IResult<&[u8], u8> {
+    let (i, _) = char('(').parse(i)?;
+    let (i, n) = dec_u8(i)?;
+    let (i, _) = char(')').parse(i)?;
+    Ok((i, n))
+}
+
+/// SDK format: `Fatal exception (0):` or `Fatal exception 28(LoadProhibitedCause):`.
+fn fatal_exception(line: &[u8]) -> Option<(Event, &[u8])> {
+    let rest = line.strip_prefix(b"Fatal exception")?;
+    let rest = trim(rest);
+    let (rest, cause) = paren_num(rest).or_else(|_| dec_u8(rest)).ok()?;
+    Some((
+        Event::Exception {
+            cause,
+            sdk: true,
+            regs: registers(rest),
+        },
+        &[][..],
+    ))
+}
+
+/// `Fatal exception:29 flag:2 (EXCEPTION) epc1:0x...`: `ESP.getResetInfo()` about the last reset.
+fn reset_info_fatal(line: &[u8]) -> Option<(Event, &[u8])> {
+    let rest = line.strip_prefix(b"Fatal exception:")?;
+    let (rest, cause) = dec_u8(rest).ok()?;
+    let reason = memmem::find(rest, b"flag:")
+        .and_then(|p| dec_u8(&rest[p + 5..]).ok())
+        .map(|(_, f)| f);
+    Some((
+        Event::ResetInfo {
+            exception: Some(cause),
+            reason,
+        },
+        &[][..],
+    ))
+}
+
+/// `Reset reason: Exception`, `Reset info: ...`, `rst_info ...`, as apps print them.
+fn reset_info(line: &[u8]) -> Option<(Event, &[u8])> {
+    let lower = line[..line.len().min(12)].to_ascii_lowercase();
+    if !(lower.starts_with(b"reset reason")
+        || lower.starts_with(b"reset info")
+        || lower.starts_with(b"resetreason"))
+    {
+        return None;
+    }
+    let text = String::from_utf8_lossy(line).to_ascii_lowercase();
+    // ESP.getResetReason() strings, mapped to the SDK's rst_info.reason numbers.
+    let reason = [
+        ("power on", 0),
+        ("hardware watchdog", 1),
+        ("exception", 2),
+        ("software watchdog", 3),
+        ("software/system restart", 4),
+        ("deep-sleep wake", 5),
+        ("external system", 6),
+    ]
+    .iter()
+    .find(|(name, _)| text.contains(name))
+    .map(|&(_, n)| n);
+    let exception = memmem::find(line, b"Fatal exception:")
+        .and_then(|p| dec_u8(&line[p + 16..]).ok())
+        .map(|(_, c)| c);
+    Some((Event::ResetInfo { exception, reason }, &[][..]))
+}
+
+/// `rf_cal[0] !=0x05,is 0xFF` (SDK), or an `rst_info` line printed by SDK examples.
+fn rf_cal(line: &[u8]) -> Option<(Event, &[u8])> {
+    if line.starts_with(b"rf_cal[") {
+        return Some((Event::RfCalMissing, &[][..]));
+    }
+    if line.starts_with(b"rst_info") {
+        return reset_info_words(line);
+    }
+    None
+}
+
+/// `rst_info: reason 2 exccause 28 ...`.
+fn reset_info_words(line: &[u8]) -> Option<(Event, &[u8])> {
+    let find_num = |key: &[u8]| {
+        memmem::find(line, key).and_then(|p| {
+            let after = trim(&line[p + key.len()..]);
+            let after = after
+                .strip_prefix(b":")
+                .or(after.strip_prefix(b"="))
+                .unwrap_or(after);
+            dec_u8(trim(after)).ok().map(|(_, v)| v)
+        })
+    };
+    Some((
+        Event::ResetInfo {
+            exception: find_num(b"exccause"),
+            reason: find_num(b"reason"),
+        },
+        &[][..],
+    ))
+}
+
+fn soft_wdt(line: &[u8]) -> Option<(Event, &[u8])> {
+    line.strip_prefix(b"Soft WDT reset")
+        .map(|_| (Event::SoftWdt, &[][..]))
+}
+
+fn postmortem(line: &[u8]) -> Option<(Event, &[u8])> {
+    let kinds: [(&[u8], PostmortemKind); 6] = [
+        (b"Panic ", PostmortemKind::Panic),
+        (b"Unhandled C++ exception", PostmortemKind::UnhandledCxx),
+        (b"Abort called", PostmortemKind::Abort),
+        (b"Stack smashing detected", PostmortemKind::StackSmashing),
+        (b"Stack overflow detected", PostmortemKind::StackOverflow),
+        (b"Generic Reset", PostmortemKind::GenericReset),
+    ];
+    kinds
+        .iter()
+        .find(|(p, _)| line.starts_with(p))
+        .map(|&(_, k)| (Event::Postmortem(k), &[][..]))
+}
+
+fn cut_here(line: &[u8]) -> Option<(Event, &[u8])> {
+    (memmem::find(line, b"CUT HERE FOR EXCEPTION DECODER").is_some()
+        || line.starts_with(b"To make this dump useful"))
+    .then_some((Event::CutHere, &[][..]))
+}
+
+/// `ctx: cont`.
+fn ctx(line: &[u8]) -> Option<(Event, &[u8])> {
+    let rest = line.strip_prefix(b"ctx:")?;
+    let name = trim(rest);
+    let end = name
+        .iter()
+        .position(|c| !c.is_ascii_alphanumeric())
+        .unwrap_or(name.len());
+    Some((
+        Event::Ctx(String::from_utf8_lossy(&name[..end]).into_owned()),
+        &name[end..],
+    ))
+}
+
+/// `sp: 3fff09f0 end: 3fff0bf0 offset: 01b0`.
+fn stack_pointer(line: &[u8]) -> Option<(Event, &[u8])> {
+    let (rest, (_, _, sp, _, _, _, end)) = (
+        tag::<_, _, nom::error::Error<&[u8]>>("sp:"),
+        space0,
+        hex_u32,
+        space1,
+        tag("end:"),
+        space0,
+        hex_u32,
+    )
+        .parse(line)
+        .ok()?;
+    let _ = rest;
+    Some((Event::StackPointer { sp, end }, &[][..]))
+}
+
+/// `3fff0ba0:  00000004 00000000 3ffefbbc 40202808`.
+fn stack_words(line: &[u8]) -> Option<(Event, &[u8])> {
+    if line.len() < 9 || line[8] != b':' || !line[..8].iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let (_, addr) = hex_u32(&line[..8]).ok()?;
+    let mut words = [0u32; 4];
+    let mut count = 0u8;
+    for w in line[9..]
+        .split(|&c| c == b' ')
+        .filter(|w| !w.is_empty())
+        .take(4)
+    {
+        if w.len() != 8 {
+            return None;
+        }
+        words[usize::from(count)] = hex_u32(w).ok()?.1;
+        count += 1;
+    }
+    Some((Event::StackWords { addr, words, count }, &[][..]))
+}
+
+/// SDK boot loader and SDK start lines.
+fn sdk_start(line: &[u8]) -> Option<(Event, &[u8])> {
+    (line.starts_with(b"2nd boot version")
+        || line.starts_with(b"jump to run user")
+        || line.starts_with(b"SDK ver:"))
+    .then_some((Event::SdkStart, &[][..]))
+}
+
+/// `Update Success...`, `Update error: ERROR[4]: Not Enough Space`.
+fn update_line(line: &[u8]) -> Option<(Event, &[u8])> {
+    if line.starts_with(b"Update Success") || line.starts_with(b"Update success") {
+        return Some((Event::Update(UpdateEvent::Success), &[][..]));
+    }
+    if let Some(rest) = line.strip_prefix(b"Update error: ") {
+        return updater_error(trim(rest));
+    }
+    None
+}
+
+/// `ERROR[n]: text` as `Updater::printError` prints it; `ERROR[0]: No Error` is not an error.
+fn updater_error(line: &[u8]) -> Option<(Event, &[u8])> {
+    if line.starts_with(b"Invalid bootstrapping state") {
+        return Some((Event::Update(UpdateEvent::Error(11)), &[][..]));
+    }
+    let rest = line.strip_prefix(b"ERROR[")?;
+    let (rest, code) = dec_u8(rest).ok()?;
+    rest.starts_with(b"]").then_some(())?;
+    if code == 0 {
+        return Some((Event::Text, &[][..]));
+    }
+    Some((Event::Update(UpdateEvent::Error(code)), &[][..]))
+}
+
+/// `Flash config wrong real: X, SDK: Y` / `new Flash config wrong, real size: X` (Updater 8/9).
+fn flash_config_error(line: &[u8]) -> Option<(Event, &[u8])> {
+    line.starts_with(b"Flash config wrong")
+        .then_some((Event::Update(UpdateEvent::Error(8)), &[][..]))
+}
+
+/// `Rebooting...` and similar announcements of an intended restart.
+fn rebooting(line: &[u8]) -> Option<(Event, &[u8])> {
+    (line.starts_with(b"Rebooting") || line.starts_with(b"Restarting"))
+        .then_some((Event::Update(UpdateEvent::Rebooting), &[][..]))
+}
+
+/// Update messages behind a timestamp or log tag (`00:00:05 UPD: ...`).
+fn update_line_anywhere(line: &[u8]) -> Option<(Event, &[u8])> {
+    if finder(b"Update Success").find(line).is_some() {
+        return Some((Event::Update(UpdateEvent::Success), &[][..]));
+    }
+    if let Some(p) = finder(b"ERROR[").find(line) {
+        return updater_error(&line[p..]);
+    }
+    None
+}
+
+/// `HILFW app=... version=...`: the reference firmware's identity/state line.
+fn identity(line: &[u8]) -> Option<(Event, &[u8])> {
+    line.starts_with(b"HILFW ")
+        .then_some((Event::Identity, &[][..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(line: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        parse_line(line, &mut |e, _| out.push(e));
+        out
+    }
+
+    #[test]
+    fn banner_with_and_without_double_space() {
+        let want = Event::RomBanner(Banner {
+            rst_cause: Some(RstCause::PowerOn),
+            boot_mode: Some(BootMode { x: 3, y: 6 }),
+        });
+        assert_eq!(
+            events(b" ets Jan  8 2013,rst cause:1, boot mode:(3,6)"),
+            vec![want.clone()]
+        );
+        assert_eq!(
+            events(b"ets Jan 8 2013,rst cause:1, boot mode:(3,6)\r"),
+            vec![want]
+        );
+    }
+
+    #[test]
+    fn truncated_banner_still_starts_a_boot() {
+        assert_eq!(
+            events(b"ets Jan  8 2013,rst cau"),
+            vec![Event::RomBanner(Banner {
+                rst_cause: None,
+                boot_mode: None
+            })]
+        );
+        assert_eq!(
+            events(b"ets Jan  8 2013,rst cause:4, boot mo"),
+            vec![Event::RomBanner(Banner {
+                rst_cause: Some(RstCause::Watchdog),
+                boot_mode: None
+            })]
+        );
+    }
+
+    #[test]
+    fn banner_after_garbage_on_the_same_line() {
+        let ev = events(b"\xff\xfe\x80\x81\x82 ets Jan  8 2013,rst cause:2, boot mode:(1,7)");
+        assert!(matches!(ev[0], Event::Garbage { .. }));
+        assert!(matches!(ev[1], Event::RomBanner(_)));
+    }
+
+    #[test]
+    fn loader_lines() {
+        assert_eq!(
+            events(b"load 0x4010f000, len 1384, room 16 "),
+            vec![Event::Load {
+                addr: 0x4010f000,
+                len: 1384
+            }]
+        );
+        assert_eq!(
+            events(b"load 0x40100000, len 28780, room 16 <\\r><\\n>")[0],
+            Event::Load {
+                addr: 0x40100000,
+                len: 28780
+            }
+        );
+        assert_eq!(events(b"tail 8"), vec![Event::LoaderDetail]);
+        assert_eq!(events(b"ho 0 tail 12 room 4"), vec![Event::LoaderDetail]);
+        assert_eq!(events(b"chksum 0x2d"), vec![Event::Chksum(0x2d)]);
+        assert_eq!(events(b"csum 0x2d"), vec![Event::Csum(0x2d)]);
+        assert_eq!(events(b"csum err"), vec![Event::CsumErr]);
+        assert_eq!(events(b"ets_main.c "), vec![Event::EtsMain]);
+    }
+
+    #[test]
+    fn eboot_lines() {
+        assert_eq!(events(b"v3ffe903d"), vec![Event::EbootVersion(0x3ffe903d)]);
+        assert_eq!(
+            events(b"@cp:0"),
+            vec![
+                Event::EbootCommand { found: true },
+                Event::EbootCopy { result: Some(0) }
+            ]
+        );
+        assert_eq!(
+            events(b"@cp:"),
+            vec![
+                Event::EbootCommand { found: true },
+                Event::EbootCopy { result: None }
+            ]
+        );
+        assert_eq!(
+            events(b"~ld"),
+            vec![Event::EbootCommand { found: false }, Event::EbootLoad]
+        );
+        assert_eq!(events(b"ld"), vec![Event::EbootLoad]);
+        assert_eq!(events(b"e:3"), vec![Event::EbootError { code: Some(3) }]);
+        assert_eq!(events(b"e:"), vec![Event::EbootError { code: None }]);
+        assert_eq!(events(b"cmp:"), vec![Event::EbootVerify { result: None }]);
+        // Words that merely start like eboot output stay text.
+        assert_eq!(events(b"ldap connected"), vec![Event::Text]);
+        assert_eq!(events(b"version 2"), vec![Event::Text]);
+        assert_eq!(events(b"e: something went wrong"), vec![Event::Text]);
+    }
+
+    #[test]
+    fn eboot_line_followed_by_app_garbage() {
+        let ev = events("~ld\u{e2}\u{b8}\u{ae}".as_bytes());
+        assert_eq!(
+            ev[..2],
+            [Event::EbootCommand { found: false }, Event::EbootLoad]
+        );
+        assert!(matches!(ev[2], Event::Garbage { .. }));
+    }
+
+    #[test]
+    fn crash_lines() {
+        assert_eq!(
+            events(b"Exception (9):"),
+            vec![Event::Exception {
+                cause: 9,
+                sdk: false,
+                regs: Registers::default()
+            }]
+        );
+        let regs = events(
+            b"epc1=0x40203790 epc2=0x00000000 epc3=0x00000000 excvaddr=0x33342042 depc=0x00000000",
+        );
+        assert_eq!(
+            regs,
+            vec![Event::Registers(Registers {
+                epc1: Some(0x40203790),
+                epc2: Some(0),
+                epc3: Some(0),
+                excvaddr: Some(0x33342042),
+                depc: Some(0)
+            })]
+        );
+        let sdk = events(b"Fatal exception (0): ");
+        assert_eq!(
+            sdk,
+            vec![Event::Exception {
+                cause: 0,
+                sdk: true,
+                regs: Registers::default()
+            }]
+        );
+        let old = events(b"Fatal exception 28(LoadProhibitedCause):");
+        assert!(matches!(
+            old[0],
+            Event::Exception {
+                cause: 28,
+                sdk: true,
+                ..
+            }
+        ));
+        let commas = events(b"epc1=0x4021c1d4, epc2=0x00000000, epc3=0x00000000, excvaddr=0x00000000, depc=0x00000000");
+        assert!(matches!(&commas[0], Event::Registers(r) if r.epc1 == Some(0x4021c1d4)));
+        assert_eq!(events(b"Soft WDT reset"), vec![Event::SoftWdt]);
+        assert_eq!(events(b">>>stack>>>"), vec![Event::StackBegin]);
+        assert_eq!(events(b"<<<stack<<<"), vec![Event::StackEnd]);
+        assert_eq!(events(b"ctx: cont "), vec![Event::Ctx("cont".into())]);
+        assert_eq!(
+            events(b"sp: 3fff09f0 end: 3fff0bf0 offset: 01b0"),
+            vec![Event::StackPointer {
+                sp: 0x3fff09f0,
+                end: 0x3fff0bf0
+            }]
+        );
+        assert_eq!(
+            events(b"3fff0ba0:  00000004 00000000 3ffefbbc 40202808  "),
+            vec![Event::StackWords {
+                addr: 0x3fff0ba0,
+                words: [4, 0, 0x3ffefbbc, 0x40202808],
+                count: 4
+            }]
+        );
+        assert_eq!(
+            events(b"--------------- CUT HERE FOR EXCEPTION DECODER ---------------"),
+            vec![Event::CutHere]
+        );
+        assert_eq!(
+            events(b"Panic core_esp8266_main.cpp:137 loop"),
+            vec![Event::Postmortem(PostmortemKind::Panic)]
+        );
+    }
+
+    #[test]
+    fn reset_info_lines() {
+        assert_eq!(
+            events(b"Reset reason: Software Watchdog"),
+            vec![Event::ResetInfo {
+                exception: None,
+                reason: Some(3)
+            }]
+        );
+        assert_eq!(
+            events(b"Fatal exception:29 flag:2 (EXCEPTION) epc1:0x40204f3e epc2:0x00000000"),
+            vec![Event::ResetInfo {
+                exception: Some(29),
+                reason: Some(2)
+            }]
+        );
+    }
+
+    #[test]
+    fn update_lines() {
+        assert_eq!(
+            events(b"Update Success: 266384"),
+            vec![Event::Update(UpdateEvent::Success)]
+        );
+        assert_eq!(
+            events(b"Rebooting..."),
+            vec![Event::Update(UpdateEvent::Rebooting)]
+        );
+        assert_eq!(
+            events(b"Update error: ERROR[11]: Invalid bootstrapping state, reset ESP8266 before updating"),
+            vec![Event::Update(UpdateEvent::Error(11))]
+        );
+        assert_eq!(events(b"ERROR[0]: No Error"), vec![Event::Text]);
+        assert_eq!(
+            events(b"HILFW app=sonoff-ota version=2.0.0 ota=webserver state=RUN"),
+            vec![Event::Identity]
+        );
+    }
+
+    #[test]
+    fn timestamps_are_stripped() {
+        assert_eq!(
+            events(b"17:31:43.744 -> ~ld"),
+            vec![Event::EbootCommand { found: false }, Event::EbootLoad]
+        );
+    }
+
+    #[test]
+    fn garbage_versus_text() {
+        assert_eq!(events("\u{2714} Configured".as_bytes()), vec![Event::Text]);
+        assert_eq!(
+            events("Verbindung hergestellt, Gr\u{fc}\u{df}e".as_bytes()),
+            vec![Event::Text]
+        );
+        assert!(matches!(
+            events("\u{c3}\u{be}".as_bytes())[0],
+            Event::Garbage { bytes: 4 }
+        ));
+        assert!(matches!(
+            events(b"\x80\x99\xfe\x12\x13ab")[0],
+            Event::Garbage { .. }
+        ));
+        assert!(matches!(
+            events("d`N{\u{2592}\u{2592}\u{2592}n".as_bytes())[0],
+            Event::Garbage { .. }
+        ));
+    }
+}
