@@ -85,7 +85,7 @@ fn esptool_info(bytes: &[u8]) -> EsptoolInfo {
         .arg(&path)
         .output()
         .expect("run esptool");
-    let text = format!("{}{}", stdout(&out), stderr(&out));
+    let text = format!("{}\n{}", stdout(&out), stderr(&out));
     let mut info = EsptoolInfo {
         ok: out.status.success(),
         text: text.clone(),

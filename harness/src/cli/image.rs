@@ -280,9 +280,12 @@ fn render_text(file: &str, fw: &Firmware, board: Option<&BoardProfile>, lints: &
         .count();
     let warnings = lints.len() - errors;
     let verdict = if errors > 0 { "FAIL" } else { "OK" };
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
     let _ = writeln!(
         s,
-        "verdict    {verdict} ({errors} errors, {warnings} warnings)"
+        "verdict    {verdict} ({errors} error{}, {warnings} warning{})",
+        plural(errors),
+        plural(warnings)
     );
     s
 }

@@ -12,7 +12,7 @@
 //! [`AppChecksum::ValidBeforeCrcPatch`](super::AppChecksum)), these files have a valid checksum
 //! *and* a valid CRC, so esptool and `ESP.checkFlashCRC()` both accept them. The two depend on
 //! each other (the CRC covers the checksum byte, the checksum covers the CRC word), so one
-//! "trim" byte at the end of `.irom0.text` is solved for; see [`solve_trim`].
+//! "trim" byte at the end of `.irom0.text` is solved for (`solve_trim`).
 
 use super::checksum::{CRC_LEN_OFFSET, CRC_VAL_OFFSET, flash_crc, rom_checksum, xor_bytes};
 use super::firmware::{APP_OFFSET, EBOOT_PAD};

@@ -230,3 +230,83 @@ fn find_identity(app: &Image) -> Option<Identity> {
         .chain(rest.iter())
         .find_map(|s| Identity::find(s.data()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::checksum::rom_checksum;
+    use crate::image::{BuildSpec, Ota, build};
+
+    fn file() -> Vec<u8> {
+        let id = Identity::new("sonoff-ota", "1.0.0", Ota::Arduino, None).unwrap();
+        build(&BuildSpec {
+            size: 16 * 1024,
+            ..BuildSpec::new(id)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn elf2bin_checksum_before_crc_patch_is_recognised() {
+        let mut bytes = file();
+        // What elf2bin writes: the checksum over the data with both CRC words still zero.
+        let mut unpatched = bytes.clone();
+        unpatched[CRC_LEN_OFFSET..CRC_VAL_OFFSET + 4].fill(0);
+        let app = parse_at(&unpatched, APP_OFFSET).unwrap();
+        let at = bytes.len() - 1; // the app's checksum byte ends the file
+        bytes[at] = rom_checksum(app.segments().iter().map(|s| s.data()));
+        // The CRC covers the checksum byte, so recompute it as elf2bin would.
+        let crc = flash_crc(&bytes).unwrap();
+        bytes[CRC_VAL_OFFSET..CRC_VAL_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
+        let fw = parse_firmware(&bytes).unwrap();
+        assert!(!fw.app().checksum().is_valid());
+        assert_eq!(fw.app_checksum(), AppChecksum::ValidBeforeCrcPatch);
+        assert!(fw.flash_crc().unwrap().is_valid());
+    }
+
+    #[test]
+    fn a_core_2_version_word_is_not_a_crc() {
+        let mut bytes = file();
+        bytes[CRC_LEN_OFFSET..CRC_LEN_OFFSET + 4].copy_from_slice(&0x3FFE_903Du32.to_le_bytes());
+        let fw = parse_firmware(&bytes).unwrap();
+        assert_eq!(fw.version_word(), Some(0x3FFE_903D));
+        assert_eq!(fw.flash_crc(), None);
+        assert_eq!(fw.app_checksum(), AppChecksum::Invalid);
+    }
+
+    #[test]
+    fn plain_app_and_broken_combinations() {
+        let bytes = file();
+        let fw = parse_firmware(&bytes[APP_OFFSET..]).unwrap();
+        assert_eq!(fw.layout(), Layout::PlainApp);
+        assert!(fw.eboot().is_none());
+        assert_eq!(fw.boot_image().offset(), 0);
+        assert_eq!(fw.version_word(), None);
+        assert_eq!(fw.identity().unwrap().version(), "1.0.0");
+        // eboot followed by nothing, or by something that is not an image.
+        assert!(matches!(
+            parse_firmware(&bytes[..APP_OFFSET]),
+            Err(ImageError::Truncated {
+                offset: APP_OFFSET,
+                ..
+            })
+        ));
+        let mut bad = bytes.clone();
+        bad[APP_OFFSET] = 0xFF;
+        assert_eq!(
+            parse_firmware(&bad),
+            Err(ImageError::BadMagic {
+                offset: APP_OFFSET,
+                found: 0xFF
+            })
+        );
+        // Extra bytes after the app and odd fill before it are reported, not fatal.
+        let mut odd = bytes.clone();
+        odd[0x800] = 0x00;
+        odd.extend_from_slice(b"signature");
+        let fw = parse_firmware(&odd).unwrap();
+        assert_eq!(fw.eboot_padding_other(), 1);
+        assert_eq!(fw.trailing(), 9);
+        assert!(!fw.flash_crc().unwrap().is_valid());
+    }
+}

@@ -265,8 +265,7 @@ fn ota_methods(fw: &Firmware) -> Vec<Ota> {
 }
 
 fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
-    let layout = &board.layout;
-    let fs_start = layout.fs_start;
+    let fs_start = board.layout.fs_start;
     // What gets uploaded: the whole file. What is installed (the same image, assumed): the
     // sketch as ESP.getSketchSize() counts it, from flash 0 to the end of the app image.
     let new = fw.len() as u32;
@@ -276,12 +275,12 @@ fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
             LintId::SketchTooBig,
             Severity::Error,
             format!(
-                "image is {} bytes ({}), but the sketch area of {} ({}) ends at {fs_start:#x} \
-                 ({})",
+                "image is {} bytes ({}), but the sketch area of {} (eagle.flash.{}.ld) ends at \
+                 {fs_start:#x} ({})",
                 new,
                 kib(new),
+                board.name,
                 board.layout_name,
-                layout.description,
                 kib(fs_start)
             ),
             "make the sketch smaller, or pick a layout with a smaller filesystem",
@@ -296,7 +295,7 @@ fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
                 if need > fs_start {
                     problems.push(format!(
                         "ArduinoOTA needs round4k(installed {:#x}) + round4k(new {:#x}) = {need:#x} \
-                         ({}) below the filesystem start {fs_start:#x} ({}) of {}",
+                         ({}) below the filesystem start {fs_start:#x} ({}) of eagle.flash.{}.ld",
                         installed,
                         new,
                         kib(need),
@@ -310,7 +309,7 @@ fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
                 if new > offered {
                     problems.push(format!(
                         "ESP8266HTTPUpdateServer offers (getFreeSketchSpace() - 0x1000) & ~0xFFF \
-                         = {offered:#x} ({}) with the {} layout, the image is {new:#x} ({})",
+                         = {offered:#x} ({}) with eagle.flash.{}.ld, the image is {new:#x} ({})",
                         kib(offered),
                         board.layout_name,
                         kib(new)

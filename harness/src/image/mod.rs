@@ -8,8 +8,8 @@
 //! - [`checksum`]: the ROM checksum byte and the core >= 3.0 flash CRC
 //! - [`firmware`]: the Arduino two-stage file (eboot at 0x0, app at 0x1000)
 //! - [`identity`]: the `HILFW app=.. version=..` record of the reference firmware
-//! - [`lint`]: checks of an image against a [`BoardProfile`](crate::board::BoardProfile)
-//! - [`build`]: makes valid, deterministic test images (`harness image make`)
+//! - [`lint`](mod@lint): checks of an image against a [`BoardProfile`](crate::board::BoardProfile)
+//! - [`build`](mod@build): makes valid, deterministic test images (`harness image make`)
 //!
 //! Source for the format: esptool `bin_image.py` (v5.6.0) and the Arduino core's
 //! `tools/elf2bin.py`; see also `docs/protocols.md` §D.
