@@ -255,8 +255,8 @@ fn lint_flash_mode(out: &mut Vec<Lint>, mode: FlashMode, board: &BoardProfile) {
     }
 }
 
-/// The OTA method assumed for space rules: the firmware's own (it is assumed to be the one
-/// installed), else ArduinoOTA's exact-size rule from protocols.md §E.
+/// The OTA methods the space and wrap rules consider: the firmware's own (the same image is
+/// assumed to be installed, so it is the one receiving the update), else both.
 fn ota_methods(fw: &Firmware) -> Vec<Ota> {
     match fw.identity() {
         Some(id) => vec![id.ota()],
