@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod image;
+
 /// Result of a subcommand: an exit code, or a harness error rendered by miette.
 pub type CmdResult = miette::Result<ExitCode>;
 
@@ -26,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Classify serial captures (boot logs): class, evidence, remedy.
     Triage(triage::TriageArgs),
+    /// Inspect or make ESP8266 firmware images.
+    Image(image::ImageArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -48,5 +52,6 @@ pub fn init_tracing(verbose: u8) {
 pub fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Triage(args) => triage::run(args),
+        Command::Image(args) => image::run(args),
     }
 }

@@ -1,0 +1,360 @@
+//! The identity record: which reference firmware an image is, and what it prints at boot.
+//!
+//! The reference firmware embeds one ASCII line in `.rodata`, NUL-terminated:
+//!
+//! ```text
+//! HILFW app=sonoff-ota version=1.0.0 ota=webserver fault=wdt-loop
+//! ```
+//!
+//! and prints the same line on its serial port at boot, followed by ` state=RUN`. Both are read
+//! by [`Identity::parse_line`], so an image on disk and a board on the bench can be compared
+//! with `==`. Words are `key=value`, separated by single spaces; `app`, `version` and `ota` are
+//! required, `fault` is optional, and keys this version does not know (such as `state`) are
+//! ignored so that older harnesses still recognise newer firmware.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+use super::ImageError;
+
+/// The word every identity line starts with.
+pub const IDENTITY_TAG: &str = "HILFW";
+/// Longest identity record [`Identity::find`] will read before giving up on a NUL.
+pub const IDENTITY_MAX_LEN: usize = 256;
+/// Longest `app` or `version` value.
+const VALUE_MAX_LEN: usize = 64;
+
+/// How the firmware accepts updates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ota {
+    /// ArduinoOTA (espota.py, UDP invitation on port 8266).
+    Arduino,
+    /// ESP8266HTTPUpdateServer (`POST /update`).
+    Webserver,
+}
+
+impl Ota {
+    /// The name used in the identity line and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Ota::Arduino => "arduino",
+            Ota::Webserver => "webserver",
+        }
+    }
+}
+
+impl fmt::Display for Ota {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Ota {
+    type Err = ImageError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "arduino" => Ok(Ota::Arduino),
+            "webserver" => Ok(Ota::Webserver),
+            _ => Err(ImageError::UnknownOta {
+                name: s.to_string(),
+            }),
+        }
+    }
+}
+
+/// A deliberate misbehaviour built into a reference firmware, to test triage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// `crash-on-boot`: an Exception 28 (load from a bad pointer) postmortem right at boot.
+    CrashOnBoot,
+    /// `wdt-loop`: blocks with interrupts off until the hardware WDT resets it, every boot.
+    WdtLoop,
+    /// `soft-wdt`: blocks `loop()` until the `Soft WDT reset` postmortem.
+    SoftWdt,
+    /// `hang-after-ota`: runs normally, but hangs on the first boot after an OTA update.
+    HangAfterOta,
+    /// `no-ota`: never starts its OTA service (uploads are refused or time out).
+    NoOta,
+}
+
+impl Fault {
+    /// Every fault.
+    pub const ALL: [Fault; 5] = [
+        Fault::CrashOnBoot,
+        Fault::WdtLoop,
+        Fault::SoftWdt,
+        Fault::HangAfterOta,
+        Fault::NoOta,
+    ];
+
+    /// The name used in the identity line and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::CrashOnBoot => "crash-on-boot",
+            Fault::WdtLoop => "wdt-loop",
+            Fault::SoftWdt => "soft-wdt",
+            Fault::HangAfterOta => "hang-after-ota",
+            Fault::NoOta => "no-ota",
+        }
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Fault {
+    type Err = ImageError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Fault::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| ImageError::UnknownFault {
+                name: s.to_string(),
+            })
+    }
+}
+
+/// Which reference firmware this is: app name, version, OTA method, built-in fault.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Identity {
+    app: String,
+    version: String,
+    ota: Ota,
+    fault: Option<Fault>,
+}
+
+impl Identity {
+    /// An identity; `app` and `version` must be 1..=64 printable ASCII characters without
+    /// spaces or `=` (they become `key=value` words).
+    pub fn new(
+        app: &str,
+        version: &str,
+        ota: Ota,
+        fault: Option<Fault>,
+    ) -> Result<Identity, ImageError> {
+        for (key, value) in [("app", app), ("version", version)] {
+            if !valid_value(value) {
+                return Err(ImageError::BadIdentityValue {
+                    key,
+                    value: value.to_string(),
+                });
+            }
+        }
+        Ok(Identity {
+            app: app.to_string(),
+            version: version.to_string(),
+            ota,
+            fault,
+        })
+    }
+
+    /// Application name (`sonoff-ota`).
+    pub fn app(&self) -> &str {
+        &self.app
+    }
+
+    /// Version string (`1.0.0`).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// OTA method.
+    pub fn ota(&self) -> Ota {
+        self.ota
+    }
+
+    /// The built-in fault, if any.
+    pub fn fault(&self) -> Option<Fault> {
+        self.fault
+    }
+
+    /// The record as embedded in the image (without the NUL): `HILFW app=.. version=.. ota=..`.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "{IDENTITY_TAG} app={} version={} ota={}",
+            self.app, self.version, self.ota
+        );
+        if let Some(fault) = self.fault {
+            line.push_str(" fault=");
+            line.push_str(fault.name());
+        }
+        line
+    }
+
+    /// Parses an identity line from text: the embedded record or a serial line.
+    ///
+    /// The record may start anywhere in `line` (a serial line can carry baud-rate garbage in
+    /// front); it runs to the end of the line, ignoring trailing `\r`, `\n` and NUL. Returns
+    /// `None` unless every word is `key=value`, the required keys are there exactly once and
+    /// `ota`/`fault` name known values.
+    pub fn parse_line(line: &str) -> Option<Identity> {
+        let mut app = None;
+        let mut version = None;
+        let mut ota = None;
+        let mut fault = None;
+        for (key, value) in words(line)? {
+            let slot = match key {
+                "app" => &mut app,
+                "version" => &mut version,
+                "ota" => &mut ota,
+                "fault" => &mut fault,
+                _ => continue,
+            };
+            if slot.replace(value).is_some() {
+                return None;
+            }
+        }
+        let ota = ota?.parse().ok()?;
+        let fault = match fault {
+            Some(f) => Some(f.parse().ok()?),
+            None => None,
+        };
+        Identity::new(app?, version?, ota, fault).ok()
+    }
+
+    /// The value of `key` in an identity line (for keys [`Identity`] ignores, like `state`).
+    ///
+    /// `Identity::field("HILFW app=a version=1 ota=arduino state=RUN", "state") == Some("RUN")`.
+    pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+        words(line)?
+            .into_iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Finds the first valid NUL-terminated identity record anywhere in `bytes`.
+    pub fn find(bytes: &[u8]) -> Option<Identity> {
+        let tag = IDENTITY_TAG.as_bytes();
+        memchr::memmem::find_iter(bytes, tag).find_map(|at| {
+            let rest = &bytes[at..bytes.len().min(at + IDENTITY_MAX_LEN)];
+            let end = memchr::memchr(0, rest)?;
+            let text = std::str::from_utf8(&rest[..end]).ok()?;
+            // The embedded record is exactly the line: nothing before the tag, no line breaks.
+            if text.contains(['\r', '\n']) {
+                return None;
+            }
+            Identity::parse_line(text)
+        })
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.line())
+    }
+}
+
+fn valid_value(value: &str) -> bool {
+    (1..=VALUE_MAX_LEN).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_graphic() && b != b'=')
+}
+
+/// Splits the record in `line` into `(key, value)` words; `None` if it is not a record.
+fn words(line: &str) -> Option<Vec<(&str, &str)>> {
+    let start = find_tag(line)?;
+    let record = line[start..].trim_end_matches(['\r', '\n', '\0']);
+    let mut parts = record.split(' ');
+    if parts.next() != Some(IDENTITY_TAG) {
+        return None;
+    }
+    parts
+        .map(|word| {
+            let (k, v) = word.split_once('=')?;
+            (!k.is_empty() && valid_value(v) && k.bytes().all(|b| b.is_ascii_graphic()))
+                .then_some((k, v))
+        })
+        .collect()
+}
+
+/// Start of the first `HILFW` that is followed by a space.
+fn find_tag(line: &str) -> Option<usize> {
+    line.match_indices(IDENTITY_TAG)
+        .map(|(i, _)| i)
+        .find(|&i| line.as_bytes().get(i + IDENTITY_TAG.len()) == Some(&b' '))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ident(fault: Option<Fault>) -> Identity {
+        Identity::new("sonoff-ota", "1.0.0", Ota::Webserver, fault).unwrap()
+    }
+
+    #[test]
+    fn line_round_trips() {
+        let id = ident(Some(Fault::WdtLoop));
+        assert_eq!(
+            id.line(),
+            "HILFW app=sonoff-ota version=1.0.0 ota=webserver fault=wdt-loop"
+        );
+        assert_eq!(Identity::parse_line(&id.line()), Some(id));
+        let plain = ident(None);
+        assert_eq!(
+            plain.line(),
+            "HILFW app=sonoff-ota version=1.0.0 ota=webserver"
+        );
+        assert_eq!(Identity::parse_line(&plain.line()), Some(plain));
+    }
+
+    #[test]
+    fn serial_line_with_state_and_garbage_parses_to_the_same_identity() {
+        let serial =
+            "\u{fffd}\u{fffd}) HILFW app=sonoff-ota version=1.0.0 ota=webserver state=RUN\r\n";
+        assert_eq!(Identity::parse_line(serial), Some(ident(None)));
+        assert_eq!(Identity::field(serial, "state"), Some("RUN"));
+        assert_eq!(Identity::field(serial, "missing"), None);
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        for bad in [
+            "",
+            "HILFW",
+            "HILFWX app=a version=1 ota=arduino",
+            "HILFW app=a version=1",
+            "HILFW app=a version=1 ota=serial",
+            "HILFW app=a version=1 ota=arduino fault=explode",
+            "HILFW app=a  version=1 ota=arduino",
+            "HILFW app=a version=1 ota=arduino junk",
+            "HILFW app=a app=b version=1 ota=arduino",
+            "HILFW app= version=1 ota=arduino",
+        ] {
+            assert_eq!(Identity::parse_line(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn find_reads_a_nul_terminated_record() {
+        let mut bytes = b"\x01\x02HILFW junk\0".to_vec();
+        bytes.extend_from_slice(ident(Some(Fault::NoOta)).line().as_bytes());
+        bytes.extend_from_slice(b"\0\xFF\xFF");
+        assert_eq!(Identity::find(&bytes), Some(ident(Some(Fault::NoOta))));
+        // No terminator within reach: not a record.
+        let unterminated = ident(None).line().into_bytes();
+        assert_eq!(Identity::find(&unterminated), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert_eq!(
+            "explode".parse::<Fault>(),
+            Err(ImageError::UnknownFault {
+                name: "explode".into()
+            })
+        );
+        for f in Fault::ALL {
+            assert_eq!(f.name().parse::<Fault>(), Ok(f));
+        }
+        assert!(Identity::new("has space", "1", Ota::Arduino, None).is_err());
+        assert!(Identity::new("a", "v=1", Ota::Arduino, None).is_err());
+        assert!(Identity::new("a", &"9".repeat(65), Ota::Arduino, None).is_err());
+    }
+}
