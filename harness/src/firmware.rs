@@ -165,7 +165,7 @@ enum Piece {
 impl Template {
     /// Parses a template; placeholders are `{name}` with `name` in `[a-z_]+`, and two
     /// placeholders may not touch (the line could not be split back into values).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         let mut pieces = Vec::new();
         let mut rest = text;
         let mut offset = 0;

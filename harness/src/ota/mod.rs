@@ -5,8 +5,9 @@
 //!   host side and parsed incrementally on the device side.
 //! - [`updater`]: the core's `Updater` (checks, error codes, staging, eboot command).
 //!
-//! Layer L0: bytes in, values out; no sockets, no clock. The OTA clients and the simulator's
-//! OTA servers sit on top of these and must not re-implement them.
+//! Layer L0: bytes in, values out; no sockets, no clock, no imports from `rig`, `sim` or any
+//! other layer above. The OTA clients and the simulator's OTA servers sit on top of these codecs
+//! and must not re-implement them.
 
 pub mod multipart;
 pub mod proto;

@@ -32,6 +32,8 @@ pub const MAX_HEADER_BLOCK: usize = 8 * 1024;
 const MAX_PART_HEADERS: usize = 16;
 /// RFC 2046: a boundary has 1 to 70 characters.
 const MAX_BOUNDARY: usize = 70;
+/// Most transport padding (spaces, tabs) accepted after a boundary; bounds the buffer.
+const MAX_PADDING: usize = 256;
 
 /// What is wrong with a multipart body or its `Content-Type`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +340,7 @@ impl Parser {
         self
     }
 
-    /// Body bytes consumed so far.
+    /// Body bytes fed so far.
     pub fn offset(&self) -> u64 {
         (self.base + self.buf.len() as i64).max(0) as u64
     }
@@ -435,6 +437,9 @@ impl Parser {
                         .iter()
                         .take_while(|&&b| b == b' ' || b == b'\t')
                         .count();
+                    if pad > MAX_PADDING {
+                        return Err(error(self.at(0), Problem::BadDelimiterLine));
+                    }
                     let rest = &self.buf[pad..];
                     if rest.starts_with(b"\r\n") {
                         self.consume(pad + 2);
@@ -799,6 +804,14 @@ mod tests {
             CodecError::Multipart {
                 offset: 18,
                 problem: Problem::NoOpeningBoundary
+            }
+        );
+        // Endless padding after a boundary is refused instead of buffered.
+        assert_eq!(
+            err(&format!("--{B}{}", " ".repeat(MAX_PADDING + 1))),
+            CodecError::Multipart {
+                offset: 2 + B.len() as u64,
+                problem: Problem::BadDelimiterLine
             }
         );
         // The parser stays failed.
