@@ -4,7 +4,7 @@
 //!
 //! | layer | modules | rules |
 //! |---|---|---|
-//! | L0 pure | [`board`], [`bootlog`], [`image`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
+//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], [`ota`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
 //! | L1 clients | | talk to a device over a byte link or a socket |
 //! | L2 rig | | power, GPIO0 and serial of one board, hardware or virtual |
 //! | L3 runner | | scenarios: drive a rig, capture, triage, report |
@@ -17,5 +17,7 @@
 
 pub mod board;
 pub mod bootlog;
+pub mod firmware;
 pub mod image;
+pub mod ota;
 pub mod triage;
