@@ -93,7 +93,9 @@ impl std::str::FromStr for FlashMode {
             "qout" => Ok(FlashMode::Qout),
             "dio" => Ok(FlashMode::Dio),
             "dout" => Ok(FlashMode::Dout),
-            other => Err(format!("unknown flash mode `{other}` (expected qio, qout, dio or dout)")),
+            other => Err(format!(
+                "unknown flash mode `{other}` (expected qio, qout, dio or dout)"
+            )),
         }
     }
 }
@@ -206,7 +208,11 @@ fn load() -> Vec<BoardProfile> {
     raw.board
         .into_iter()
         .map(|b| {
-            let layout = raw.layout.get(&b.layout).cloned().expect("board names a known layout");
+            let layout = raw
+                .layout
+                .get(&b.layout)
+                .cloned()
+                .expect("board names a known layout");
             BoardProfile {
                 flash_size: parse_size(&b.flash_size).expect("board flash_size parses"),
                 mac: parse_mac(&b.mac).expect("board mac parses"),
@@ -234,10 +240,17 @@ pub fn all() -> &'static [BoardProfile] {
 
 /// The board with this id.
 pub fn find(id: &str) -> Result<&'static BoardProfile, UnknownBoard> {
-    all().iter().find(|b| b.id == id).ok_or_else(|| UnknownBoard {
-        id: id.to_string(),
-        known: all().iter().map(|b| b.id.clone()).collect::<Vec<_>>().join(", "),
-    })
+    all()
+        .iter()
+        .find(|b| b.id == id)
+        .ok_or_else(|| UnknownBoard {
+            id: id.to_string(),
+            known: all()
+                .iter()
+                .map(|b| b.id.clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
 }
 
 /// A board id that is not in the table.
@@ -259,7 +272,11 @@ impl BoardProfile {
 
     /// The station MAC as `aa:bb:cc:dd:ee:ff`.
     pub fn mac_string(&self) -> String {
-        self.mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+        self.mac
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
     }
 }
 

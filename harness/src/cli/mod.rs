@@ -1,5 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
+pub mod sim;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +24,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a virtual Sonoff board on a pseudo-terminal.
+    Sim(sim::SimArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -34,10 +38,15 @@ pub fn init_tracing(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Runs the chosen subcommand.
 pub fn run(cli: Cli) -> CmdResult {
-    match cli.command {}
+    match cli.command {
+        Command::Sim(args) => sim::run(args),
+    }
 }
