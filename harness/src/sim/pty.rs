@@ -262,11 +262,11 @@ impl Writer {
                             }
                         }
                         let written = self.write_slice(slice);
-                        if let Some(log) = self.tx_log.as_mut() {
-                            if let Err(e) = log.write_all(&slice[..written]) {
-                                tracing::error!("tx log write failed: {e}");
-                                self.tx_log = None;
-                            }
+                        if let Some(log) = self.tx_log.as_mut()
+                            && let Err(e) = log.write_all(&slice[..written])
+                        {
+                            tracing::error!("tx log write failed: {e}");
+                            self.tx_log = None;
                         }
                         if written < slice.len() {
                             tracing::debug!("pty full: dropped {} bytes", wire.len() - written);

@@ -65,7 +65,7 @@ fn erase_sectors(hw: &mut Hw, offset: u32, count: u32) -> Result<(), RomError> {
     let mut sector = first;
     while sector < first + count {
         let left = first + count - sector;
-        if sector % SECTORS_PER_BLOCK == 0 && left >= SECTORS_PER_BLOCK {
+        if sector.is_multiple_of(SECTORS_PER_BLOCK) && left >= SECTORS_PER_BLOCK {
             for s in sector..sector + SECTORS_PER_BLOCK {
                 hw.flash
                     .erase_sector(s * FLASH_SECTOR_SIZE)
@@ -232,7 +232,7 @@ impl RomLoader {
 
 /// WRITE_REG: 16-byte groups of (address, value, mask, delay in µs).
 pub(crate) fn write_regs(cmd: &Command, hw: &mut Hw) -> Result<(), RomError> {
-    if cmd.data.is_empty() || cmd.data.len() % 16 != 0 {
+    if cmd.data.is_empty() || !cmd.data.len().is_multiple_of(16) {
         return Err(RomError::InvalidMessage);
     }
     for group in cmd.data.chunks_exact(16) {
