@@ -262,11 +262,6 @@ impl SimHandle {
             .prefix("harness-sim-")
             .tempdir()
             .map_err(SimError::Io)?;
-        let flash_path = config
-            .flash
-            .clone()
-            .unwrap_or_else(|| dir.path().join("flash.bin"));
-        let flash = open_flash(&flash_path, board.flash_size)?;
         let tx_log = match &config.tx_log {
             Some(path) => Some(
                 OpenOptions::new()
@@ -280,6 +275,11 @@ impl SimHandle {
             ),
             None => None,
         };
+        let flash_path = config
+            .flash
+            .clone()
+            .unwrap_or_else(|| dir.path().join("flash.bin"));
+        let flash = open_flash(&flash_path, board.flash_size)?;
         let control_path = dir.path().join("control.sock");
         let listener = bind_control(&control_path)?;
         let pty = pty::Pty::open()?;
@@ -460,4 +460,109 @@ fn apply_control(chip: &mut Chip, cmd: ControlCommand) -> Reply {
         ControlCommand::Status => return Reply::Ok(Some(chip.status().to_string())),
     }
     Reply::Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    /// Reads from `port` until `needle` has arrived or 10 s have passed.
+    fn read_until(port: &mut std::fs::File, needle: &[u8]) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        while !got.windows(needle.len()).any(|w| w == needle) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out; got {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            let mut fds = [nix::poll::PollFd::new(
+                port.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).unwrap_or(0) == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 256];
+            let n = port.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[test]
+    fn handle_runs_a_board_and_shuts_down_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("flash.bin");
+        let mut config = SimConfig::new(crate::board::find("sonoff-4ch").unwrap());
+        config.flash = Some(flash.clone());
+        config.boot = BootStraps::Download;
+        let sim = SimHandle::start(config).unwrap();
+        let ep = sim.endpoints().clone();
+        assert_eq!(ep.flash, flash);
+        assert_eq!(ep.lines()[0], format!("pty: {}", ep.pty.display()));
+        assert_eq!(std::fs::metadata(&flash).unwrap().len(), 1 << 20);
+
+        // The pty starts at the ROM's 74880 baud, so a plain open reads the banner as text.
+        let mut port = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&ep.pty)
+            .unwrap();
+        nix::sys::termios::tcflush(&port, nix::sys::termios::FlushArg::TCIFLUSH).unwrap();
+        assert_eq!(
+            sim.command(ControlCommand::PowerCycle).unwrap(),
+            Reply::Ok(None)
+        );
+        read_until(&mut port, b"rst cause:1, boot mode:(1,7)\r\n\r\n");
+        assert_eq!(sim.command(ControlCommand::Reset).unwrap(), Reply::Ok(None));
+        read_until(&mut port, b"rst cause:2, boot mode:(1,7)\r\n\r\n");
+        let status = sim.control().send_line("status");
+        assert!(
+            status.starts_with("ok power=on button=down boot_mode=1,7 rst_cause=2"),
+            "{status}"
+        );
+
+        // Closing and reopening the port does not disturb the simulator.
+        drop(port);
+        let mut port = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&ep.pty)
+            .unwrap();
+        sim.command(ControlCommand::Button(false)).unwrap();
+        sim.command(ControlCommand::PowerCycle).unwrap();
+        read_until(&mut port, b"boot mode:(3,7)\r\n\r\nets_main.c \r\n");
+
+        let control = sim.control();
+        sim.shutdown().unwrap();
+        assert!(matches!(
+            control.send(ControlCommand::Status),
+            Err(SimError::Stopped)
+        ));
+        assert!(!ep.control.exists(), "temporary directory removed");
+        assert!(flash.exists(), "a given flash file stays");
+    }
+
+    #[test]
+    fn wrong_sized_flash_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let flash = dir.path().join("small.bin");
+        std::fs::write(&flash, [0xFF; 4096]).unwrap();
+        let mut config = SimConfig::new(crate::board::find("sonoff-basic").unwrap());
+        config.flash = Some(flash.clone());
+        let err = SimHandle::start(config).unwrap_err();
+        assert!(
+            matches!(&err, SimError::FlashFile { path, .. } if *path == flash),
+            "{err:?}"
+        );
+        let chain = format!("{}: {}", err, std::error::Error::source(&err).unwrap());
+        assert!(
+            chain.contains("4096 bytes") && chain.contains("1048576 bytes"),
+            "{chain}"
+        );
+    }
 }

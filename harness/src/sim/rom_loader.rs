@@ -429,6 +429,31 @@ mod tests {
     }
 
     #[test]
+    fn realistic_timing_makes_the_rom_busy_before_it_replies() {
+        let b = crate::board::find("sonoff-basic").unwrap();
+        let mut c = Chip::new(
+            b,
+            crate::sim::flash_model::Flash::in_memory(b.flash_size),
+            true,
+        );
+        c.set_button(true);
+        c.power_on();
+        c.take_output();
+        c.on_rx(&Command::sync().to_slip(), HOST);
+        c.take_output();
+        // 64 KiB from 0x10000: esptool asks for 8 sectors, the buggy ROM erases 16: one 64 KiB block.
+        c.on_rx(
+            &Command::from_words(Op::FlashBegin, &[0x8000, 64, 0x400, 0x10000]).to_slip(),
+            HOST,
+        );
+        let out = c.take_output();
+        assert!(
+            matches!(&out[..], [Output::Delay { duration, .. }, Output::Tx { .. }] if *duration == BLOCK_ERASE_TIME),
+            "{out:?}"
+        );
+    }
+
+    #[test]
     fn erase_formula_inverts_esptool() {
         // esptool ESP8266ROM.get_erase_size, restated.
         fn esptool(offset: u32, size: u32) -> u32 {
