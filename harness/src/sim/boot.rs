@@ -8,7 +8,7 @@
 //!   fails, the ROM prints `ets_main.c ` and stops (corpus checksum-error-01/-03 and
 //!   ota-copy-incomplete-01 show `rst cause:3` followed by exactly that);
 //! - no image magic (0xE9) at flash 0, e.g. erased flash: the ROM prints `ets_main.c ` and stops.
-//!   Source: https://esp8266.com/viewtopic.php?p=42567 ("I have just erased flash in my ESP and I
+//!   Source: <https://esp8266.com/viewtopic.php?p=42567> ("I have just erased flash in my ESP and I
 //!   see exactly the same message", the message ending in `ets_main.c`). Whether the ROM prints
 //!   anything before it for other bad headers is not known.
 //!
@@ -17,7 +17,7 @@
 //! here, using `chip.hw.flash`, `chip.hw.latched` (boot mode, still 1 after a soft start) and
 //! `chip.hw.soft_started_after_download`.
 
-use super::chip::{Chip, Halt, Program};
+use super::chip::{Chip, Program};
 
 /// First byte of an ESP8266 application image (esptool `ESP_IMAGE_MAGIC`).
 pub const IMAGE_MAGIC: u8 = 0xE9;
@@ -35,6 +35,6 @@ pub fn boot_from_flash(chip: &mut Chip) {
         chip.set_program(Program::FlashImage);
     } else {
         hw.print("ets_main.c \r\n");
-        chip.set_program(Program::Halted(Halt::FlashBootFailed));
+        chip.set_program(Program::Halted);
     }
 }

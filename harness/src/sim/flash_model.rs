@@ -10,7 +10,7 @@
 //! Each operation returns how long the real part would be busy. The figures are estimates from
 //! typical datasheet values of 8 Mbit SPI NOR parts (e.g. Winbond W25Q80DV: sector erase 45 ms
 //! typical, page program 0.7 ms typical) and, for a chip erase, an esptool log of 8.8 s for a
-//! 4 MB part (https://www.esp8266.com/viewtopic.php?f=23&t=12271), i.e. about 2.2 s per MB.
+//! 4 MB part (<https://www.esp8266.com/viewtopic.php?f=23&t=12271>), i.e. about 2.2 s per MB.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -6,10 +6,11 @@
 //!
 //! # What it models
 //!
-//! - [`chip`]: power, boot straps latched at power-on/external reset only, rst cause, UART
-//!   rates; [`rom`]: the boot ROM's banner and boot decision; [`rom_loader`]: the ROM's UART
-//!   download loop; [`stub`]: the esptool flasher stub; [`boot`]: the seam where booting from
-//!   flash continues (images, eboot and the app come later).
+//! - `chip`: power, boot straps latched at power-on/external reset only, rst cause, UART
+//!   rates; `rom`: the boot ROM's banner and boot decision; `rom_loader`: the ROM's UART
+//!   download loop; `stub`: the esptool flasher stub; `regs`: eFuses, UART divider and the SPI
+//!   flash controller; `boot`: the seam where booting from flash continues (images, eboot and
+//!   the app come later); `pty`: the pseudo-terminal and its reader/writer threads.
 //! - [`flash_model`]: NOR flash of the board's real size in a file (or memory), addresses
 //!   wrapping, writes going straight to the file.
 //! - [`uart`]: bytes read at the wrong baud rate become what a real UART delivers. The ROM
@@ -41,15 +42,15 @@
 //! bytes at 10 bits per byte in both directions and flash erase/program take their datasheet
 //! times ([`flash_model`]).
 
-pub mod boot;
-pub mod chip;
+pub(crate) mod boot;
+pub(crate) mod chip;
 pub mod control;
 pub mod flash_model;
-pub mod pty;
-pub mod regs;
-pub mod rom;
-pub mod rom_loader;
-pub mod stub;
+pub(crate) mod pty;
+pub(crate) mod regs;
+pub(crate) mod rom;
+pub(crate) mod rom_loader;
+pub(crate) mod stub;
 pub mod uart;
 
 use std::fs::OpenOptions;
@@ -202,7 +203,7 @@ pub enum SimError {
 
 /// What the chip thread processes, in order.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Bytes from the host, sent at `host_baud` (0 if unknown).
     Rx {
         /// The bytes.

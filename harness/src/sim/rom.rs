@@ -2,7 +2,7 @@
 //! between the UART download loop and booting from flash.
 //!
 //! The flow follows the reverse-engineered rebuild of the ROM's `main()` named in esp8266/Arduino
-//! `cores/esp8266/reboot_uart_dwnld.cpp` (https://github.com/twischer/Arduino, branch
+//! `cores/esp8266/reboot_uart_dwnld.cpp` (<https://github.com/twischer/Arduino>, branch
 //! reboot_uart_download_full), checked against the shared corpus logs:
 //!
 //! - print `\n ets Jan  8 2013,rst cause:N, boot mode:(X,Y)\n\n` (`ets_printf` turns `\n` into
@@ -16,7 +16,7 @@
 use crate::flash::proto::ROM_PRINT_BAUD;
 
 use super::boot;
-use super::chip::{Chip, Halt, Program, RxMode};
+use super::chip::{Chip, Program, RxMode};
 use super::rom_loader::RomLoader;
 
 /// The ROM build date in the banner.
@@ -44,7 +44,7 @@ pub fn rom_main(chip: &mut Chip) {
         }
         _ => {
             hw.print("unknown reset\r\nets_main.c \r\n");
-            chip.set_program(Program::Halted(Halt::UnknownReset));
+            chip.set_program(Program::Halted);
             return;
         }
     };

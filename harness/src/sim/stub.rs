@@ -166,11 +166,6 @@ impl Stub {
         }
     }
 
-    /// Which stub this is.
-    pub fn kind(&self) -> StubKind {
-        self.kind
-    }
-
     /// Handles one decoded SLIP frame.
     pub fn on_frame(&mut self, frame: &[u8], hw: &mut Hw) -> Action {
         if self.read.is_some() {
