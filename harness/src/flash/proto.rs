@@ -589,7 +589,7 @@ impl SlipDecoder {
         self.skipped
     }
 
-    /// Whether a frame has started and not yet ended.
+    /// Whether part of a frame has been received and its end delimiter has not.
     pub fn in_frame(&self) -> bool {
         matches!(self.state, SlipState::Frame | SlipState::Escape) && !self.buf.is_empty()
     }

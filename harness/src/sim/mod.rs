@@ -317,6 +317,7 @@ impl SimHandle {
             epoch: Arc::clone(&epoch),
             tx_log,
             realistic: config.realistic_timing,
+            stop: Arc::clone(&stop),
         };
         threads.push(spawn(
             "sim-pty-writer",

@@ -228,6 +228,8 @@ pub struct Writer {
     pub tx_log: Option<File>,
     /// Pace at the baud rate and honour busy delays.
     pub realistic: bool,
+    /// Set on shutdown: stop pacing and drop what is left.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -235,6 +237,9 @@ impl Writer {
     pub fn run(mut self, outputs: Receiver<Output>) {
         let mut pacer = Pacer::new();
         for item in outputs {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let current = || self.epoch.load(Ordering::Relaxed);
             match item {
                 Output::Delay { duration, epoch } => {
@@ -255,7 +260,10 @@ impl Writer {
                     let wire = uart::resample(&bytes, baud, host);
                     for slice in wire.chunks(SLICE) {
                         if self.realistic {
-                            let stale = || self.epoch.load(Ordering::Relaxed) != epoch;
+                            let stale = || {
+                                self.epoch.load(Ordering::Relaxed) != epoch
+                                    || self.stop.load(Ordering::Relaxed)
+                            };
                             pacer.book(slice.len(), baud, &stale);
                             if stale() {
                                 break;
