@@ -319,6 +319,31 @@ fn stub_write_verify_read_sonoff_4ch() {
 }
 
 #[test]
+fn legacy_stub_reboots_into_the_rom_after_each_session() {
+    let sim = Sim::start("sonoff-basic", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let image = test_image(100 * 1024, 5);
+    let path = write_file(work.path(), "image.bin", &image);
+    let path = path.to_str().unwrap();
+    let out = sim.esptool(&["--stub-version", "1", "write-flash", "0x2000", path]);
+    assert!(out.contains("Hash of data verified."), "{out}");
+    // `--after no-reset` makes the legacy stub reboot: back in the ROM loader, boot mode 1.
+    let status = sim.control("status");
+    assert!(
+        status.contains("boot_mode=1,6 rst_cause=2 state=rom-download"),
+        "{status}"
+    );
+    let out = sim.esptool(&["--stub-version", "1", "verify-flash", "0x2000", path]);
+    assert!(out.contains("Uploading stub flasher..."), "{out}");
+    assert!(
+        out.contains("Verification successful (digest matched)."),
+        "{out}"
+    );
+    assert!(flash_contents(&sim)[0x2000..0x2000 + image.len()] == image[..]);
+    sim.stop();
+}
+
+#[test]
 fn stub_at_460800_changes_baud() {
     let sim = Sim::start("sonoff-4ch", &[]);
     let work = tempfile::tempdir().unwrap();

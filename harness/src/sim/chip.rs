@@ -99,6 +99,13 @@ impl ResetKind {
     pub fn samples_straps(self) -> bool {
         matches!(self, ResetKind::PowerOn | ResetKind::External)
     }
+
+    /// Whether this reset cuts off what the UART was still sending. Firmware that restarts
+    /// itself (the stub after its FLASH_END reply, `ESP.restart()`) lets the UART drain first;
+    /// a reset pin, a power loss or the watchdog does not wait.
+    pub fn cuts_output(self) -> bool {
+        !matches!(self, ResetKind::SoftRestart { .. } | ResetKind::CoreReset)
+    }
 }
 
 /// What the CPU is running.
@@ -447,9 +454,10 @@ impl Chip {
         if !self.hw.powered {
             return;
         }
-        // A reset cuts off whatever the UART was still sending.
-        self.hw.epoch += 1;
-        self.hw.out.clear();
+        if kind.cuts_output() {
+            self.hw.epoch += 1;
+            self.hw.out.clear();
+        }
         if kind.samples_straps() || self.hw.latched.is_none() {
             self.hw.latched = Some(self.hw.sample_straps());
             self.hw.soft_started_after_download = false;

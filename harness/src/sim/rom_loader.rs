@@ -512,7 +512,13 @@ mod tests {
         c.set_button(false);
         transact(&mut c, &Command::sync());
         c.on_rx(&Command::from_words(Op::FlashEnd, &[0]).to_slip(), HOST);
-        let text = String::from_utf8_lossy(&tx_bytes(&c.take_output())).into_owned();
+        let out = tx_bytes(&c.take_output());
+        let reply = Response::new(Op::FlashEnd, 0, &[], [0, 0]).to_slip();
+        assert!(
+            out.starts_with(&reply),
+            "the reply goes out before the restart"
+        );
+        let text = String::from_utf8_lossy(&out).into_owned();
         assert!(
             text.ends_with("\r\n ets Jan  8 2013,rst cause:2, boot mode:(1,7)\r\n\r\n"),
             "{text:?}"

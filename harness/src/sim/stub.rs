@@ -63,8 +63,8 @@ const KNOWN_STUBS: [StubSignature; 2] = [
     },
     StubSignature {
         kind: StubKind::Legacy,
-        entry: 0x4010_E004,
-        text_start: 0x4010_E000,
+        entry: 0x4010_D004,
+        text_start: 0x4010_D000,
         text_len: 8276,
     },
 ];
@@ -566,29 +566,32 @@ mod tests {
 
     /// A chip running the current esptool stub, uploaded the way esptool does it.
     fn stub_chip(board: &str) -> Chip {
+        stub_chip_of(board, (0x4010_C500, 11456, 0x3FFF_AE6C, 920, 0x4010_C504))
+    }
+
+    /// Same for any stub layout: (text_start, text_len, data_start, data_len, entry).
+    fn stub_chip_of(board: &str, layout: (u32, usize, u32, usize, u32)) -> Chip {
+        let (text_start, text_len, data_start, data_len, entry) = layout;
         let mut c = chip(board);
         c.set_button(true);
         c.power_on();
         c.take_output();
         frames(&mut c, &Command::sync().to_slip(), HOST);
-        let text = vec![0x11u8; 11456];
-        let data = vec![0x22u8; 920];
-        for (seg, addr) in [(&text, 0x4010_C500u32), (&data, 0x3FFF_AE6C)] {
+        let text = vec![0x11u8; text_len];
+        let data = vec![0x22u8; data_len];
+        for (seg, addr) in [(&text, text_start), (&data, data_start)] {
             let blocks = seg.len().div_ceil(0x1800) as u32;
-            one(
-                &mut c,
-                &Command::from_words(Op::MemBegin, &[seg.len() as u32, blocks, 0x1800, addr]),
-            );
+            let begin =
+                Command::from_words(Op::MemBegin, &[seg.len() as u32, blocks, 0x1800, addr]);
+            one(&mut c, &begin);
             for (i, chunk) in seg.chunks(0x1800).enumerate() {
-                assert_eq!(
-                    one(&mut c, &Command::data(Op::MemData, chunk, i as u32)).data,
-                    vec![0, 0]
-                );
+                let r = one(&mut c, &Command::data(Op::MemData, chunk, i as u32));
+                assert_eq!(r.data, vec![0, 0]);
             }
         }
         let f = frames(
             &mut c,
-            &Command::from_words(Op::MemEnd, &[0, 0x4010_C504]).to_slip(),
+            &Command::from_words(Op::MemEnd, &[0, entry]).to_slip(),
             HOST,
         );
         assert_eq!(f.len(), 2);
@@ -600,6 +603,32 @@ mod tests {
         assert_eq!(f[1], b"OHAI");
         assert_eq!(c.program().name(), "stub");
         c
+    }
+
+    #[test]
+    fn legacy_stub_answers_then_reboots_into_the_rom() {
+        let mut c = stub_chip_of(
+            "sonoff-4ch",
+            (0x4010_D000, 8276, 0x3FFF_ACAC, 768, 0x4010_D004),
+        );
+        assert_eq!(
+            one(&mut c, &Command::new(Op::Other(0x42), vec![])).data,
+            vec![0xFF, 0x00]
+        );
+        one(
+            &mut c,
+            &Command::from_words(Op::FlashBegin, &[0, 0, 0x4000, 0, 0]),
+        );
+        c.on_rx(&Command::from_words(Op::FlashEnd, &[0]).to_slip(), HOST);
+        let out = tx_bytes(&c.take_output());
+        // The reply goes out before the restart's banner: the stub lets its UART drain.
+        let reply = Response::new(Op::FlashEnd, 0, &[], [0, 0]).to_slip();
+        assert!(out.starts_with(&reply), "{out:?}");
+        assert!(
+            out.ends_with(b"rst cause:2, boot mode:(1,7)\r\n\r\n"),
+            "{out:?}"
+        );
+        assert_eq!(c.program().name(), "rom-download");
     }
 
     #[test]
