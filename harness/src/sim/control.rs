@@ -93,7 +93,7 @@ pub fn parse(line: &str) -> Result<ControlCommand, String> {
 }
 
 /// Serves the control protocol on `listener` until `stop` is set; one thread per connection.
-pub fn serve(listener: UnixListener, control: SimControl, stop: Arc<AtomicBool>) {
+pub(crate) fn serve(listener: UnixListener, control: SimControl, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(50u16)) {
