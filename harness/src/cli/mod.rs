@@ -1,13 +1,13 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
-pub mod triage;
+mod image;
+mod sim;
+mod triage;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod image;
 
 /// Result of a subcommand: an exit code, or a harness error rendered by miette.
 pub type CmdResult = miette::Result<ExitCode>;
@@ -33,6 +33,8 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Run a virtual Sonoff board on a pseudo-terminal.
+    Sim(sim::SimArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -57,5 +59,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
