@@ -321,7 +321,13 @@ pub fn free_sketch_space(layout: &FlashLayout, sketch_size: u32) -> u32 {
 /// Because that fills all free space, the HTTP path stages the new image one sector after the
 /// running sketch, whatever the new image's size; `end(true)` then truncates to what arrived.
 pub fn http_begin_size(layout: &FlashLayout, sketch_size: u32) -> u32 {
-    free_sketch_space(layout, sketch_size).wrapping_sub(FLASH_SECTOR_SIZE) & 0xFFFF_F000
+    http_begin_size_from_free(free_sketch_space(layout, sketch_size))
+}
+
+/// [`http_begin_size`] for a known `getFreeSketchSpace()` result (what a server gets when the
+/// flash belongs to another thread).
+pub fn http_begin_size_from_free(free_sketch_space: u32) -> u32 {
+    free_sketch_space.wrapping_sub(FLASH_SECTOR_SIZE) & 0xFFFF_F000
 }
 
 /// Where `begin(size, command)` starts writing, or the error it reports (after the bootstrap,

@@ -46,6 +46,10 @@ pub(crate) mod boot;
 pub(crate) mod chip;
 pub mod control;
 pub mod flash_model;
+pub mod net;
+pub(crate) mod ota_espota;
+pub(crate) mod ota_http;
+pub(crate) mod ota_link;
 pub(crate) mod pty;
 pub(crate) mod regs;
 pub(crate) mod rom;
@@ -67,6 +71,8 @@ use crate::board::BoardProfile;
 use self::chip::{Chip, Output, ResetKind};
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
+
+pub use self::ota_link::BoardAddress;
 
 /// Boot strap setting at power-on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
