@@ -50,6 +50,8 @@ pub mod net;
 pub(crate) mod ota_espota;
 pub(crate) mod ota_http;
 pub(crate) mod ota_link;
+#[cfg(test)]
+mod ota_tests;
 pub(crate) mod pty;
 pub(crate) mod regs;
 pub(crate) mod rom;

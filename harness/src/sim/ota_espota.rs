@@ -8,7 +8,9 @@
 //!   UDP port; after `OK` and `connect_delay_ms` the board connects back by TCP from its own
 //!   address to the inviting host's address and the port in the invitation.
 //! - While an update runs the sketch's loop is blocked and ArduinoOTA ignores datagrams, so
-//!   they are discarded here when the update is over.
+//!   they are discarded here at the point where the library becomes idle again (after a
+//!   refused begin, before a failed update's error goes to the host; a successful one ends in
+//!   the restart).
 //! - The library's quirks are kept: a failed connect still ends with `Update.end()` (so two
 //!   error lines), a receive timeout prints its error and goes on waiting while the host stays
 //!   connected, a failed `Update.end()` sends `ERROR[n]: text` on the TCP connection.
@@ -22,7 +24,9 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::firmware::{self, OtaMethod};
-use crate::ota::proto::{Invitation, InviteReply, ListenerAction, OtaListener, format_ack, md5_hex};
+use crate::ota::proto::{
+    Invitation, InviteReply, ListenerAction, OtaListener, format_ack, md5_hex,
+};
 use crate::ota::updater::UpdaterError;
 
 use super::net::{OtaReply, OtaRequest};
@@ -49,7 +53,11 @@ struct Progress {
 }
 
 impl EspotaServer {
-    pub(crate) fn new(link: Arc<dyn FirmwareLink>, addr: SocketAddrV4, stop: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(
+        link: Arc<dyn FirmwareLink>,
+        addr: SocketAddrV4,
+        stop: Arc<AtomicBool>,
+    ) -> Self {
         EspotaServer { link, addr, stop }
     }
 
@@ -106,7 +114,9 @@ impl EspotaServer {
                 Err(e)
                     if matches!(
                         e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
                     ) =>
                 {
                     continue;
@@ -131,7 +141,11 @@ impl EspotaServer {
                     Ok(())
                 }
                 ListenerAction::AuthFailed => {
-                    send(sock, &InviteReply::AuthFailed.to_datagram(), inviter.unwrap_or(from));
+                    send(
+                        sock,
+                        &InviteReply::AuthFailed.to_datagram(),
+                        inviter.unwrap_or(from),
+                    );
                     print_error(&svc, "auth")
                 }
                 ListenerAction::Run(invitation) => {
@@ -140,7 +154,6 @@ impl EspotaServer {
                     }
                     let host = inviter.unwrap_or(from);
                     let outcome = self.run_update(&svc, sock, &invitation, host, &mut progress);
-                    drain(sock);
                     match outcome {
                         Ok(true) => {
                             restarting = Some(*generation);
@@ -176,8 +189,13 @@ impl EspotaServer {
         };
         if let OtaReply::Err(e) = svc.call(begin)? {
             print_updater_error(svc, "begin", &e)?;
-            send(sock, &InviteReply::Err(e.to_device_error()).to_datagram(), host);
+            send(
+                sock,
+                &InviteReply::Err(e.to_device_error()).to_datagram(),
+                host,
+            );
             svc.delay(BEGIN_ERROR_DELAY)?;
+            drain(sock);
             return Ok(false);
         }
         send(sock, &InviteReply::Ok.to_datagram(), host);
@@ -186,7 +204,8 @@ impl EspotaServer {
         progress.report(svc, 0, invitation.size)?;
 
         let target = SocketAddr::new(host.ip(), invitation.port);
-        let mut client = match connect_from(*self.addr.ip(), target, svc.link.real(CONNECT_TIMEOUT)) {
+        let mut client = match connect_from(*self.addr.ip(), target, svc.link.real(CONNECT_TIMEOUT))
+        {
             Ok(stream) => Some(stream),
             Err(e) => {
                 tracing::debug!("ArduinoOTA connect to {target} failed: {e}");
@@ -212,6 +231,8 @@ impl EspotaServer {
         };
         match reply {
             OtaReply::Err(e) => {
+                // ArduinoOTA is idle again from here; what came in before was ignored.
+                drain(sock);
                 print_updater_error(svc, "end", &e)?;
                 if let Some(mut stream) = client {
                     let _ = stream.write_all(e.printed().as_bytes());
@@ -229,7 +250,8 @@ impl EspotaServer {
                     close(stream);
                 }
                 svc.print(format!("{}{eol}", b.lines.ota_end.render(&[])))?;
-                let after_ms = u64::try_from(b.espota.restart_delay.as_millis()).unwrap_or(u64::MAX);
+                let after_ms =
+                    u64::try_from(b.espota.restart_delay.as_millis()).unwrap_or(u64::MAX);
                 svc.call(OtaRequest::Restart { after_ms })?;
                 Ok(true)
             }
@@ -295,7 +317,10 @@ impl Progress {
         let step = percent / step_size * step_size;
         if done == 0 || step != self.last_step {
             self.last_step = step;
-            let line = b.lines.ota_progress.render(&[("percent", &step.to_string())]);
+            let line = b
+                .lines
+                .ota_progress
+                .render(&[("percent", &step.to_string())]);
             svc.print(format!("{line}{}", b.serial.eol))?;
         }
         Ok(())

@@ -279,7 +279,10 @@ impl HttpServer {
                         }
                         Err(e) => {
                             if bind_failed != Some(*g) {
-                                tracing::error!("HTTP update server cannot bind {}: {e}", self.addr);
+                                tracing::error!(
+                                    "HTTP update server cannot bind {}: {e}",
+                                    self.addr
+                                );
                                 bind_failed = Some(*g);
                             }
                         }
@@ -311,9 +314,7 @@ impl HttpServer {
             };
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_nodelay(true);
-            let password = service
-                .and_then(|(_, p)| p)
-                .filter(|p| !p.is_empty());
+            let password = service.and_then(|(_, p)| p).filter(|p| !p.is_empty());
             let svc = Service {
                 link: &*self.link,
                 generation: *generation,
@@ -428,10 +429,7 @@ impl HttpServer {
             ("Access-Control-Allow-Headers", "*".to_string()),
             ("Access-Control-Allow-Origin", "*".to_string()),
         ];
-        let unauthorized = (
-            "WWW-Authenticate",
-            format!("Basic realm=\"{REALM}\""),
-        );
+        let unauthorized = ("WWW-Authenticate", format!("Basic realm=\"{REALM}\""));
         let mut reply = Reply {
             head,
             listener,
@@ -466,7 +464,11 @@ impl HttpServer {
                 reply.send(conn, spec.not_found_status, &[], &body);
             }
         }
-        Ok(if keep_alive { Next::KeepAlive } else { Next::Close })
+        Ok(if keep_alive {
+            Next::KeepAlive
+        } else {
+            Next::Close
+        })
     }
 
     /// `_parseForm` with the update server's upload handler. `false`: the form broke off (the
@@ -681,7 +683,11 @@ fn upload_end(svc: &Service<'_>, library: &mut Library, total: usize) -> Result<
         OtaReply::Err(e) => set_error(svc, library, &e),
         _ => {
             let serial = &firmware::behaviour().http.serial;
-            svc.print(serial.upload_success.render(&[("size", &total.to_string())]))
+            svc.print(
+                serial
+                    .upload_success
+                    .render(&[("size", &total.to_string())]),
+            )
         }
     }
 }

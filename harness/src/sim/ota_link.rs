@@ -232,8 +232,11 @@ impl OtaServers {
                 .name("sim-ota-http".into())
                 .spawn(move || http.run())?,
         );
-        let espota =
-            super::ota_espota::EspotaServer::new(Arc::clone(&link), address.espota, Arc::clone(&stop));
+        let espota = super::ota_espota::EspotaServer::new(
+            Arc::clone(&link),
+            address.espota,
+            Arc::clone(&stop),
+        );
         let spawned = std::thread::Builder::new()
             .name("sim-ota-espota".into())
             .spawn(move || espota.run());
