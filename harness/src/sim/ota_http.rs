@@ -509,7 +509,7 @@ impl HttpServer {
                 for event in events {
                     match event {
                         Event::PartStart(headers) => {
-                            part = headers.filename.is_some().then(|| Part::default());
+                            part = headers.filename.is_some().then(Part::default);
                             if part.is_some() && form.upload {
                                 self.upload_start(svc, form, &headers, library)?;
                             }
