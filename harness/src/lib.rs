@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | L0 pure | [`board`], [`bootlog`], [`image`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
 //! | L1 clients | | talk to a device over a byte link or a socket |
-//! | L2 rig | | power, GPIO0 and serial of one board, hardware or virtual |
+//! | L2 rig | [`rig`], [`capture`] | power, GPIO0 and serial of one board, hardware or virtual; every byte the board sends on disk |
 //! | L3 runner | | scenarios: drive a rig, capture, triage, report |
 //! | beside | | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
 //!
@@ -17,5 +17,7 @@
 
 pub mod board;
 pub mod bootlog;
+pub mod capture;
 pub mod image;
+pub mod rig;
 pub mod triage;
