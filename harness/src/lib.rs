@@ -4,7 +4,7 @@
 //!
 //! | layer | modules | rules |
 //! |---|---|---|
-//! | L0 pure | [`board`], [`bootlog`], [`image`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
+//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], [`ota`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
 //! | L1 clients | | talk to a device over a byte link or a socket |
 //! | L2 rig | [`rig`], [`capture`] | power, GPIO0 and serial of one board, hardware or virtual; every byte the board sends on disk |
 //! | L3 runner | | scenarios: drive a rig, capture, triage, report |
@@ -18,6 +18,8 @@
 pub mod board;
 pub mod bootlog;
 pub mod capture;
+pub mod firmware;
 pub mod image;
+pub mod ota;
 pub mod rig;
 pub mod triage;

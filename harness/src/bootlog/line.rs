@@ -36,10 +36,36 @@ fn parse_part(
     emit: &mut impl FnMut(Event, &[u8]),
 ) {
     let line = trim(line);
-    let line = strip_monitor_timestamp(line);
     if line.is_empty() {
         return;
     }
+    let line = if line[0].is_ascii_digit() {
+        strip_monitor_timestamp(line)
+    } else {
+        line
+    };
+    // Known line kinds first, by their first bytes: most lines of a boot log are one of them,
+    // and they need no scan of the whole line.
+    if line.starts_with(b"ets Jan") {
+        emit(Event::RomBanner(banner(line)), line);
+        return;
+    }
+    if let Some((event, rest)) = classify(line) {
+        let rest = trim(rest);
+        if rest.is_empty() {
+            emit(event, chain.unwrap_or(line));
+        } else {
+            let used = &line[..line.len() - rest.len()];
+            emit(event, chain.unwrap_or(used));
+            if depth < MAX_SPLITS {
+                parse_part(rest, chain.or(Some(line)), depth + 1, emit);
+            } else {
+                emit(Event::Text, rest);
+            }
+        }
+        return;
+    }
+    // Unknown: app text, garbage, a banner after other output, or parts split by bare CRs.
     let scan = scan(line);
     // A bare CR inside a line (progress output, terminals) separates parts of the line.
     if !scan.plain && depth == 0 && memchr::memchr(b'\r', line).is_some() {
@@ -48,42 +74,24 @@ fn parse_part(
         }
         return;
     }
-    // The banner can follow garbage or app output on the same line; split there.
+    // The banner can follow garbage or app output on the same line when a reset cut it short.
     if scan.has_j
         && let Some(pos) = find_banner(line)
     {
-        if pos > 0 {
-            parse_part(&line[..pos], None, depth + 1, emit);
-        }
+        parse_part(&line[..pos], None, depth + 1, emit);
         let banner_text = &line[pos..];
         emit(Event::RomBanner(banner(banner_text)), banner_text);
         return;
     }
-    match classify(line) {
-        Some((event, rest)) => {
-            let shown = chain.unwrap_or(line);
-            let rest = trim(rest);
-            if rest.is_empty() {
-                emit(event, shown);
-            } else {
-                let used = &line[..line.len() - rest.len()];
-                emit(event, chain.unwrap_or(used));
-                if depth < MAX_SPLITS {
-                    parse_part(rest, chain.or(Some(line)), depth + 1, emit);
-                } else {
-                    emit(Event::Text, rest);
-                }
-            }
-        }
-        None if !scan.plain && is_garbage(line) => {
-            emit(
-                Event::Garbage {
-                    bytes: line.len() as u32,
-                },
-                line,
-            );
-        }
-        None => emit(Event::Text, line),
+    if !scan.plain && is_garbage(line) {
+        emit(
+            Event::Garbage {
+                bytes: line.len() as u32,
+            },
+            line,
+        );
+    } else {
+        emit(Event::Text, line);
     }
 }
 
@@ -174,6 +182,9 @@ fn finder(which: &'static [u8]) -> &'static memmem::Finder<'static> {
     }
 }
 
+/// Bytes of a line looked at to tell text from noise.
+const GARBAGE_SAMPLE: usize = 256;
+
 /// Decides whether a line with non-ASCII or control bytes is text or line noise.
 ///
 /// Output read at the wrong baud rate turns into control bytes, invalid UTF-8 and, once a
@@ -184,6 +195,8 @@ fn finder(which: &'static [u8]) -> &'static memmem::Finder<'static> {
 /// continuation bytes are skipped unless they follow ASCII), which needs no decoding and treats
 /// invalid UTF-8 as noise all the same.
 fn is_garbage(line: &[u8]) -> bool {
+    // Noise is uniform; its first bytes decide as well as all of them.
+    let line = &line[..line.len().min(GARBAGE_SAMPLE)];
     let mut ascii = 0usize;
     let mut other = 0usize;
     let mut prev = 0u8;
@@ -392,11 +405,18 @@ fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
 /// eboot's one-letter protocol: `@` or `~`, then `cp:N`, `cmp:N` or `ld`.
 /// The prefix comes back as its own event so that `@cp:0` yields two.
 fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
+    // eboot prints its marker directly before the action; anything else is not eboot.
+    let action = |rest: &[u8]| {
+        rest.starts_with(b"cp:") || rest.starts_with(b"cmp:") || rest.starts_with(b"ld")
+    };
     match line[0] {
-        b'@' => return Some((Event::EbootCommand { found: true }, &line[1..])),
-        b'~' if line.get(1).is_some_and(|&c| c == b'l' || c == b'c') => {
+        b'@' if action(&line[1..]) => {
+            return Some((Event::EbootCommand { found: true }, &line[1..]));
+        }
+        b'~' if action(&line[1..]) => {
             return Some((Event::EbootCommand { found: false }, &line[1..]));
         }
+        b'@' | b'~' => return None,
         _ => {}
     }
     if let Some(rest) = line.strip_prefix(b"cp:") {
@@ -599,7 +619,7 @@ fn postmortem(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 fn cut_here(line: &[u8]) -> Option<(Event, &[u8])> {
-    (memmem::find(line, b"CUT HERE FOR EXCEPTION DECODER").is_some()
+    ((line.starts_with(b"---") && memmem::find(line, b"CUT HERE FOR EXCEPTION DECODER").is_some())
         || line.starts_with(b"To make this dump useful"))
     .then_some((Event::CutHere, &[][..]))
 }

@@ -1,5 +1,6 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
+mod firmware;
 pub mod triage;
 
 use std::process::ExitCode;
@@ -30,6 +31,8 @@ pub enum Command {
     Triage(triage::TriageArgs),
     /// Inspect or make ESP8266 firmware images.
     Image(image::ImageArgs),
+    /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
+    Firmware(firmware::FirmwareArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -53,5 +56,6 @@ pub fn run(cli: Cli) -> CmdResult {
     match cli.command {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
+        Command::Firmware(args) => firmware::run(args),
     }
 }
