@@ -91,6 +91,7 @@ pub struct BaudFollower {
     rom_baud: u32,
     app_baud: u32,
     stage: Stage,
+    enabled: bool,
     following: bool,
     garbage_run: u64,
     armed: Option<Armed>,
@@ -104,6 +105,7 @@ impl BaudFollower {
             rom_baud: ROM_BAUD,
             app_baud,
             stage: Stage::Rom,
+            enabled: true,
             following: true,
             garbage_run: 0,
             armed: None,
@@ -116,6 +118,12 @@ impl BaudFollower {
     pub fn with_restart_markers(mut self, markers: impl IntoIterator<Item = String>) -> Self {
         self.restart_markers = markers.into_iter().map(String::into_bytes).collect();
         self
+    }
+
+    /// Turns the follower off for good: the port stays at the rate it is set to.
+    pub fn disable(&mut self) {
+        self.enabled = false;
+        self.manual();
     }
 
     /// The rate of the current stage.
@@ -147,6 +155,9 @@ impl BaudFollower {
     }
 
     fn restart(&mut self, reason: SwitchReason) -> Option<Switch> {
+        if !self.enabled {
+            return None;
+        }
         let was = (self.following, self.baud());
         self.following = true;
         self.garbage_run = 0;
@@ -168,7 +179,7 @@ impl BaudFollower {
 
     /// Turns following back on at the stage it was in.
     pub fn resume(&mut self) -> Option<Switch> {
-        if self.following {
+        if self.following || !self.enabled {
             return None;
         }
         self.following = true;

@@ -146,14 +146,16 @@ pub struct CaptureConfig {
 }
 
 impl CaptureConfig {
-    /// Defaults for `port`: no files, following at 115200, reconnect every 200 ms.
+    /// Defaults for `port`: no files, following at 115200, the reference firmware's restart
+    /// announcement (`OTA end`, firmware/behaviour.toml) as a marker, reconnect every 200 ms.
     pub fn new(port: impl Into<PathBuf>) -> Self {
+        let lines = &crate::firmware::behaviour().lines;
         CaptureConfig {
             port: port.into(),
             file: None,
             app_baud: DEFAULT_APP_BAUD,
             follow: true,
-            restart_markers: Vec::new(),
+            restart_markers: vec![lines.ota_end.as_str().to_string()],
             reconnect_every: Duration::from_millis(200),
             quiet: Duration::from_millis(20),
             dtr: None,
@@ -292,6 +294,14 @@ impl Capture {
     /// Opens the port at the ROM rate (74880, or the app rate when not following), creates the
     /// files and starts the reader thread.
     pub fn start(config: CaptureConfig) -> Result<Capture, CaptureError> {
+        Ok(Capture::start_subscribed(config)?.0)
+    }
+
+    /// As [`start`](Self::start), with a subscription that sees every line from the first
+    /// byte (a later [`subscribe`](Self::subscribe) may miss what the reader handled before).
+    pub fn start_subscribed(
+        config: CaptureConfig,
+    ) -> Result<(Capture, Subscription), CaptureError> {
         let baud = if config.follow {
             ROM_BAUD
         } else {
@@ -317,8 +327,9 @@ impl Capture {
         let mut follower =
             BaudFollower::new(config.app_baud).with_restart_markers(config.restart_markers.clone());
         if !config.follow {
-            follower.manual();
+            follower.disable();
         }
+        let (first_tx, first_rx) = mpsc::channel();
         let shared = Arc::new(Shared {
             io: Mutex::new(PortIo {
                 writer: Some(writer),
@@ -332,7 +343,7 @@ impl Capture {
                 index,
                 offset: 0,
                 start: Instant::now(),
-                subscribers: Vec::new(),
+                subscribers: vec![first_tx],
                 follower,
                 partial: Vec::new(),
                 partial_offset: 0,
@@ -363,10 +374,13 @@ impl Capture {
                     source,
                 })?
         };
-        Ok(Capture {
-            shared,
-            thread: Some(thread),
-        })
+        Ok((
+            Capture {
+                shared,
+                thread: Some(thread),
+            },
+            Subscription { rx: first_rx },
+        ))
     }
 
     /// The port being captured.

@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+pub mod monitor;
 pub mod triage;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }

@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use crate::board::BoardProfile;
 use crate::bootlog::Banner;
-use crate::capture::{Capture, CaptureConfig, CaptureError, IndexEvent};
+use crate::capture::{Capture, CaptureConfig, CaptureError, IndexEvent, Subscription};
 
 pub use file::{Backend, BackendKind, BoardConfig, PowerAtExit, RigConfig, RigFileError};
 pub use lock::BoardLock;
@@ -495,8 +495,14 @@ pub struct OpenOptions {
     /// The program to run as `<exe> sim` for virtual boards. Default: `HARNESS_SIM_EXE`, else
     /// the running executable.
     pub sim_exe: Option<PathBuf>,
-    /// Line prefixes that announce a restart (for the baud follower).
+    /// Line prefixes that announce a restart (for the baud follower), besides the defaults of
+    /// [`CaptureConfig::new`].
     pub restart_markers: Vec<String>,
+    /// Keep the port at the board's app rate instead of following the boot stages.
+    pub fixed_baud: bool,
+    /// Keep a subscription that sees the capture from its first byte
+    /// ([`BoardRig::take_initial_subscription`]).
+    pub subscribe: bool,
 }
 
 /// What a backend keeps alive while the board is open (a simulator process).
@@ -515,6 +521,7 @@ pub struct BoardRig {
     // Drop order matters: the guard first (nothing runs the safe state after the lines go),
     // then the lines and the capture, then the backend (simulator), then the locks.
     guard: Option<safety::Registration>,
+    initial: Option<Subscription>,
     lines: NotedLines,
     link: SerialLink,
     backend: Box<dyn Resource>,
@@ -551,51 +558,66 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         let mut c = CaptureConfig::new(port);
         c.file = options.capture_file.clone();
         c.app_baud = config.app_baud;
-        c.restart_markers = options.restart_markers.clone();
+        c.follow = !options.fixed_baud;
+        c.restart_markers
+            .extend(options.restart_markers.iter().cloned());
         c
+    };
+    let start = |c: CaptureConfig| -> Result<(Arc<Capture>, Option<Subscription>), RigError> {
+        if options.subscribe {
+            let (capture, sub) = Capture::start_subscribed(c)?;
+            Ok((Arc::new(capture), Some(sub)))
+        } else {
+            Ok((Arc::new(Capture::start(c)?), None))
+        }
     };
     let mut ota = config.host.as_ref().map(|host| OtaTarget {
         host: host.clone(),
         espota_port: None,
         http_port: None,
     });
-    let (lines, capture, backend): (Box<dyn Lines>, Arc<Capture>, Box<dyn Resource>) =
-        match &config.backend {
-            Backend::Virtual(v) => {
-                let sim = r#virtual::Sim::start_or_attach(config, v, options)?;
-                let capture = Arc::new(Capture::start(capture_config(sim.pty().into()))?);
-                for (k, val) in sim.describe() {
-                    describe.push((k, val));
-                }
-                if ota.is_none() {
-                    ota = sim.ota();
-                }
-                let lines = sim.lines()?;
-                (Box::new(lines), capture, Box::new(sim))
+    type Parts = (
+        Box<dyn Lines>,
+        Arc<Capture>,
+        Option<Subscription>,
+        Box<dyn Resource>,
+    );
+    let (lines, capture, initial, backend): Parts = match &config.backend {
+        Backend::Virtual(v) => {
+            let sim = r#virtual::Sim::start_or_attach(config, v, options)?;
+            let (capture, sub) = start(capture_config(sim.pty().into()))?;
+            for (k, val) in sim.describe() {
+                describe.push((k, val));
             }
-            Backend::UsbSerial(u) => {
-                let mut c = capture_config(u.port.clone());
-                let (dtr, rts) = usb_serial::resting_levels(u, config.power_at_exit);
-                c.dtr = Some(dtr);
-                c.rts = Some(rts);
-                let capture = Arc::new(Capture::start(c)?);
-                let lines = usb_serial::ModemLines::new(Arc::clone(&capture), u.power_rts);
-                (Box::new(lines), capture, Box::new(()))
+            if ota.is_none() {
+                ota = sim.ota();
             }
-            #[cfg(feature = "gpio")]
-            Backend::Gpio(g) => {
-                let lines = gpio::GpioLines::request(g, config.power_at_exit, &config.name)?;
-                let capture = Arc::new(Capture::start(capture_config(g.port.clone()))?);
-                (Box::new(lines), capture, Box::new(()))
-            }
-            #[cfg(not(feature = "gpio"))]
-            Backend::Gpio(_) => {
-                return Err(RigError::NotBuilt {
-                    backend: "gpio",
-                    feature: "gpio",
-                });
-            }
-        };
+            let lines = sim.lines()?;
+            (Box::new(lines), capture, sub, Box::new(sim))
+        }
+        Backend::UsbSerial(u) => {
+            let mut c = capture_config(u.port.clone());
+            let (dtr, rts) = usb_serial::resting_levels(u, config.power_at_exit);
+            c.dtr = Some(dtr);
+            c.rts = Some(rts);
+            let (capture, sub) = start(c)?;
+            let lines = usb_serial::ModemLines::new(Arc::clone(&capture), u.power_rts);
+            (Box::new(lines), capture, sub, Box::new(()))
+        }
+        #[cfg(feature = "gpio")]
+        Backend::Gpio(g) => {
+            let lines = gpio::GpioLines::request(g, config.power_at_exit, &config.name)?;
+            let (capture, sub) = start(capture_config(g.port.clone()))?;
+            (Box::new(lines), capture, sub, Box::new(()))
+        }
+        #[cfg(not(feature = "gpio"))]
+        Backend::Gpio(_) => {
+            return Err(RigError::NotBuilt {
+                backend: "gpio",
+                feature: "gpio",
+            });
+        }
+    };
     describe.push(("port", capture.port().display().to_string()));
     if let Some(f) = capture.file() {
         describe.push(("capture", f.display().to_string()));
@@ -618,6 +640,7 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         time_scale: config.time_scale,
         describe,
         guard: Some(guard),
+        initial,
         lines: NotedLines {
             lines: shared,
             capture: Arc::clone(&capture),
@@ -626,6 +649,13 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         backend,
         _locks: locks,
     })
+}
+
+impl BoardRig {
+    /// The subscription kept by [`OpenOptions::subscribe`]: every line since the port opened.
+    pub fn take_initial_subscription(&mut self) -> Option<Subscription> {
+        self.initial.take()
+    }
 }
 
 impl Rig for BoardRig {
