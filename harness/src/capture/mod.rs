@@ -581,15 +581,22 @@ impl Drop for Capture {
 }
 
 fn open_port(path: &Path, baud: u32, quiet: Duration) -> Result<Box<dyn SerialPort>, CaptureError> {
-    serialport::new(path.to_string_lossy(), baud)
+    let err = |source| CaptureError::Open {
+        port: path.to_path_buf(),
+        source,
+    };
+    let mut port = serialport::new(path.to_string_lossy(), baud)
         .timeout(quiet)
         // DTR drives GPIO0 on auto-reset adapters; the rig sets it explicitly after opening.
         .dtr_on_open(false)
-        .open()
-        .map_err(|source| CaptureError::Open {
-            port: path.to_path_buf(),
-            source,
-        })
+        .open_native()
+        .map_err(err)?;
+    // Not TIOCEXCL: that flag lives on the tty, not on our descriptor, so after a SIGKILL it
+    // stays set for as long as anyone else holds the tty open (the simulator always does) and
+    // locks every later open out unless it runs as root. Harness processes exclude each other
+    // with the board lock (`rig::lock`) instead.
+    port.set_exclusive(false).map_err(err)?;
+    Ok(Box::new(port))
 }
 
 impl Shared {

@@ -90,6 +90,7 @@ struct Boots {
     current: Vec<u8>,
     number: u64,
     untriaged: bool,
+    content: bool,
 }
 
 impl Boots {
@@ -100,11 +101,15 @@ impl Boots {
                 self.current.push(b'\n');
             }
         }
-        self.untriaged = true;
+        // Blank lines (the `\r\n` the ROM prints first) are no boot of their own.
+        if text.iter().any(|c| !c.is_ascii_whitespace() && *c != 0) {
+            self.untriaged = true;
+            self.content = true;
+        }
     }
 
     fn triage_line(&mut self) -> Option<String> {
-        if !self.untriaged || self.current.is_empty() {
+        if !self.untriaged || !self.content {
             return None;
         }
         self.untriaged = false;
@@ -120,6 +125,7 @@ impl Boots {
     fn next_boot(&mut self) {
         self.previous = std::mem::take(&mut self.current);
         self.number += 1;
+        self.content = false;
     }
 }
 
@@ -210,7 +216,10 @@ impl Target {
     }
 }
 
-fn open(args: &MonitorArgs) -> miette::Result<(Target, Subscription, Vec<(String, String)>)> {
+/// The opened target, its subscription from the first byte, and its description.
+type Opened = (Target, Subscription, Vec<(String, String)>);
+
+fn open(args: &MonitorArgs) -> miette::Result<Opened> {
     if let Some(port) = &args.port {
         let lock = rig::lock::lock_port(port)?;
         let out = args.out.clone().unwrap_or_else(|| {
@@ -314,7 +323,7 @@ pub fn run(args: MonitorArgs) -> CmdResult {
                 ..
             }) => {
                 let banner = events.iter().any(|e| matches!(e, Event::RomBanner(_)));
-                if banner && !boots.current.is_empty() {
+                if banner && boots.content {
                     if let Some(line) = boots.triage_line() {
                         writeln!(out, "{line}").into_diagnostic()?;
                     }

@@ -213,3 +213,83 @@ pub fn install_panic_hook() {
         }));
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::rig::{Capabilities, Lines, RigError};
+
+    /// Lines that remember their state.
+    #[derive(Debug, Default)]
+    struct State {
+        power: Option<bool>,
+        pressed: Option<bool>,
+    }
+
+    struct Fake(Arc<Mutex<State>>);
+
+    impl Lines for Fake {
+        fn capabilities(&self) -> Capabilities {
+            Capabilities {
+                power: true,
+                gpio0: true,
+                reset: false,
+                ota: false,
+            }
+        }
+        fn set_power(&mut self, on: bool) -> Result<(), RigError> {
+            self.0.lock().unwrap().power = Some(on);
+            Ok(())
+        }
+        fn set_gpio0(&mut self, pressed: bool) -> Result<(), RigError> {
+            self.0.lock().unwrap().pressed = Some(pressed);
+            Ok(())
+        }
+    }
+
+    /// The two tests look at the one process-wide registry.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn fake() -> (Arc<Mutex<State>>, SharedLines) {
+        let state = Arc::new(Mutex::new(State::default()));
+        let lines: SharedLines = Arc::new(Mutex::new(Box::new(Fake(Arc::clone(&state)))));
+        (state, lines)
+    }
+
+    #[test]
+    fn panic_hook_applies_the_safe_state_of_this_threads_boards_only() {
+        install_panic_hook();
+        let (mine, lines) = fake();
+        let _reg = register("mine", Arc::clone(&lines), Weak::new(), PowerAtExit::On);
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let (other, other_lines) = fake();
+        let _other_reg = std::thread::spawn(move || {
+            register("other", other_lines, Weak::new(), PowerAtExit::Off)
+        })
+        .join()
+        .unwrap();
+
+        lines.lock().unwrap().set_gpio0(true).unwrap();
+        let result = std::panic::catch_unwind(|| panic!("a step failed"));
+        assert!(result.is_err());
+        let s = mine.lock().unwrap();
+        assert_eq!((s.pressed, s.power), (Some(false), Some(true)));
+        let o = other.lock().unwrap();
+        assert_eq!((o.pressed, o.power), (None, None), "another thread's board");
+    }
+
+    #[test]
+    fn apply_all_reaches_every_board_and_unregistering_removes_it() {
+        let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+        let (a, la) = fake();
+        let reg = register("a", la, Weak::new(), PowerAtExit::Off);
+        assert!(apply_all("test") >= 1);
+        assert_eq!(a.lock().unwrap().power, Some(false));
+        drop(reg);
+        a.lock().unwrap().power = None;
+        apply_all("test");
+        assert_eq!(a.lock().unwrap().power, None, "unregistered");
+    }
+}
