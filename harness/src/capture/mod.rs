@@ -875,3 +875,39 @@ impl Shared {
         rec.subscribers.retain(|s| s.send(event.clone()).is_ok());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_reference_firmware() {
+        let b = crate::firmware::behaviour();
+        assert_eq!(
+            DEFAULT_APP_BAUD, b.serial.baud,
+            "firmware/behaviour.toml serial.baud"
+        );
+        let c = CaptureConfig::new("/dev/null");
+        assert!(c.follow);
+        assert_eq!(c.restart_markers, [b.lines.ota_end.as_str()]);
+        let mut f = BaudFollower::new(c.app_baud).with_restart_markers(c.restart_markers);
+        let mut events = Vec::new();
+        bootlog::parse_line(b"ld", |e, _| events.push(e));
+        assert!(f.line(b"ld", &events).is_some());
+        events.clear();
+        bootlog::parse_line(b"OTA end\r", |e, _| events.push(e));
+        assert_eq!(
+            f.line(b"OTA end\r", &events).map(|s| s.reason),
+            Some(SwitchReason::Restart)
+        );
+    }
+
+    #[test]
+    fn a_missing_port_is_an_error_naming_it() {
+        let err = Capture::start(CaptureConfig::new("/dev/does-not-exist-harness")).unwrap_err();
+        assert!(
+            matches!(&err, CaptureError::Open { port, .. } if port == Path::new("/dev/does-not-exist-harness"))
+        );
+        assert!(err.to_string().contains("/dev/does-not-exist-harness"));
+    }
+}
