@@ -4,8 +4,8 @@
 //!
 //! | layer | modules | rules |
 //! |---|---|---|
-//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], [`ota`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
-//! | L1 clients | | talk to a device over a byte link or a socket |
+//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], `ota::{proto, multipart, updater}`, [`triage`] | no I/O, no clock, no threads: bytes in, values out |
+//! | L1 clients | `ota::{espota, http}` | talk to a device over a byte link or a socket |
 //! | L2 rig | | power, GPIO0 and serial of one board, hardware or virtual |
 //! | L3 runner | | scenarios: drive a rig, capture, triage, report |
 //! | beside | | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
