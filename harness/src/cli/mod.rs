@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+pub mod ota;
 pub mod triage;
 
 use std::process::ExitCode;
@@ -33,6 +34,9 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
+    #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
+    Ota(ota::OtaArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -57,5 +61,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Ota(args) => ota::run(args),
     }
 }

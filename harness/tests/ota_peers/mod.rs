@@ -447,9 +447,10 @@ fn http_serve(mut stream: TcpStream, dev: &Device, out: &mut Outcome) {
                     }
                 }
                 PartEvent::Data(d) if authenticated && error.is_none() => {
-                    if session.write(&mut out.flash, &d) != d.len() {
-                        error = session.error().cloned();
-                    }
+                    let written = session.write(&mut out.flash, &d);
+                    error = (written != d.len())
+                        .then(|| session.error().cloned())
+                        .flatten();
                 }
                 PartEvent::PartEnd if authenticated && error.is_none() => {
                     match session.end(&mut out.flash, true) {
