@@ -352,6 +352,22 @@ fn harness_errors_exit_2() {
     assert_eq!(method.status.code(), Some(2));
     assert!(stderr(&method).contains("unknown OTA method `serial`"));
 
+    let local = harness(
+        &[
+            "ota",
+            &fw,
+            "--method",
+            "webserver",
+            "--host",
+            "127.0.0.1",
+            "--local-port",
+            "4000",
+        ],
+        &[],
+    );
+    assert_eq!(local.status.code(), Some(2));
+    assert!(stderr(&local).contains("are for --method arduino"));
+
     let timeout = harness(
         &[
             "ota",

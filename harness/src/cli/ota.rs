@@ -142,6 +142,12 @@ pub fn run(args: OtaArgs) -> CmdResult {
                 .unwrap_or_default()
         ));
     }
+    if args.method == OtaMethod::WebServer && (args.local_ip.is_some() || args.local_port != 0) {
+        return Err(miette!(
+            "--local-ip and --local-port are for --method arduino (the device connects back); \
+             webserver uploads connect out"
+        ));
+    }
     let host = args
         .host
         .clone()

@@ -12,7 +12,7 @@
 //!
 //! The codecs are [`super::proto`]'s; this file only moves bytes and keeps time.
 
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
@@ -235,7 +235,8 @@ pub fn upload(
     drop(udp);
 
     let mut refused = Vec::new();
-    let (stream, peer) = accept_device(&listener, cfg, listen, &mut refused, observe, cancel)?;
+    let (stream, peer) =
+        accept_device(&listener, cfg, listen, total, &mut refused, observe, cancel)?;
     drop(listener);
     observe(&Event::Connected { peer });
     transfer(stream, cfg, payload, observe, cancel)?;
@@ -358,6 +359,7 @@ fn accept_device(
     listener: &TcpListener,
     cfg: &EspotaConfig,
     listen: SocketAddr,
+    total: u64,
     refused: &mut Vec<SocketAddr>,
     observe: &mut dyn FnMut(&Event),
     cancel: &Cancel,
@@ -398,7 +400,7 @@ fn accept_device(
                 });
             }
             Ok(Waited::Cancelled) => {
-                return Err(OtaError::Cancelled { sent: 0, total: 0 });
+                return Err(OtaError::Cancelled { sent: 0, total });
             }
             Err(e) => {
                 return Err(OtaError::Io {
@@ -479,7 +481,6 @@ fn transfer(
             Ok(Waited::Done(0)) => return Err(closed(&mut scanner, device, sent, total, None)),
             Ok(Waited::Done(n)) => {
                 if scan(&mut scanner, &buf[..n], device)? {
-                    let _ = stream.flush();
                     return Ok(());
                 }
             }
