@@ -222,6 +222,7 @@ impl<'a> Digest<'a> {
                 || t.contains("restart")
                 || t.contains("update success")
                 || t.trim() == "end"
+                || t.contains("ota end")
                 || t.contains("state=restart")
         })
     }
