@@ -10,7 +10,8 @@
 //! reads it, in this order:
 //!
 //! 1. appends the bytes to the capture file with one unbuffered `write` (nothing is held in
-//!    user space, so a SIGKILL of the harness loses nothing already received);
+//!    user space, so a SIGKILL of the harness loses nothing already handled; only a chunk
+//!    between its `read` and its `write`, at most [`READ_CHUNK`] bytes, can be lost);
 //! 2. queues them for [`Capture::read`] (the raw byte pipe the flash client uses);
 //! 3. cuts them into lines, parses each with [`crate::bootlog::parse_line`], hands the line to
 //!    the [`follower::BaudFollower`] and to every [`Subscription`] (the monitor, the runner's
@@ -56,6 +57,9 @@ pub use index::{IndexEvent, IndexRecord, index_path, read_index};
 /// Longest piece of a line held back waiting for its `\n`; longer runs (garbage at the wrong
 /// rate often has no newline) are handed on in pieces.
 pub const MAX_LINE: usize = 512;
+/// Largest read from the port. A SIGKILL can only lose the one chunk between its `read` and its
+/// `write` to the capture file (a window of microseconds); everything read before is on disk.
+pub const READ_CHUNK: usize = 4096;
 /// Bytes kept for [`Capture::read`] when nobody reads; older bytes are dropped from that queue
 /// (never from the file) and the loss is noted in the index.
 pub const RX_QUEUE_BYTES: usize = 1 << 20;
@@ -653,7 +657,7 @@ impl Shared {
     /// The reader thread.
     fn run(self: Arc<Self>, port: Box<dyn SerialPort>) {
         let mut port = Some(port);
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; READ_CHUNK];
         let mut quiet = true;
         while !self.stop.load(Ordering::Relaxed) {
             let Some(p) = port.as_mut() else {
