@@ -14,7 +14,7 @@
 //!   DTR/RTS (`usb-serial`), GPIO character device (`gpio`, cargo feature `gpio`).
 //! - [`Rig`]: one board: a link, lines, the board profile, the OTA address, a time scale.
 //!   [`BoardRig`] is the implementation every backend shares; [`open`] builds it from a
-//!   [`BoardConfig`] (see [`file`] for the rig file).
+//!   [`BoardConfig`] (see [`mod@file`] for the rig file).
 //!
 //! Reset sequences ([`enter_download_mode`], [`power_cycle_run`]) are free functions over
 //! `&mut dyn Lines`, the same for every backend.
