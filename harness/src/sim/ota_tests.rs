@@ -775,3 +775,78 @@ fn board_addresses_differ_and_print_as_endpoint_lines() {
     );
     assert!((2..=254).contains(&a.ip().octets()[3]));
 }
+
+#[test]
+fn raw_requests_follow_the_web_server() {
+    use std::io::{Read, Write};
+    let rig = Rig::start(OtaMethod::WebServer);
+    rig.fw.enter_update(OtaMethod::WebServer, None);
+    let connect = || {
+        let wait = Instant::now() + Duration::from_secs(5);
+        loop {
+            match std::net::TcpStream::connect(rig.addr.http) {
+                Ok(s) => {
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    return s;
+                }
+                Err(e) => assert!(Instant::now() < wait, "{e}"),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let read_response = |s: &mut std::net::TcpStream| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                if body.len() >= len {
+                    return text;
+                }
+            }
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed mid-answer: {text:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+
+    // Two requests on one HTTP/1.1 connection: kept alive between them.
+    let mut s = connect();
+    s.write_all(b"GET /update HTTP/1.1\r\nHost: b\r\n\r\n")
+        .unwrap();
+    let first = read_response(&mut s);
+    assert!(
+        first.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n")
+            && first.contains("Connection: keep-alive\r\nKeep-Alive: timeout=2000\r\n"),
+        "{first}"
+    );
+    s.write_all(b"GET /x?y HTTP/1.1\r\nHost: b\r\n\r\n")
+        .unwrap();
+    let second = read_response(&mut s);
+    assert!(second.ends_with("\r\n\r\nNot found: /x"), "{second}");
+
+    // HEAD is no route of the update server: 404, head only.
+    let mut s = connect();
+    s.write_all(b"HEAD /update HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    assert_eq!(
+        all,
+        "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: 18\r\nConnection: close\r\n\r\n"
+    );
+
+    // Not HTTP: dropped without an answer.
+    let mut s = connect();
+    s.write_all(b"\x00\x01garbage\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    assert!(all.is_empty(), "{all:?}");
+    assert!(rig.fw.requests().is_empty());
+}
