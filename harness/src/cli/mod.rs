@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+pub mod scenario;
 pub mod triage;
 
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Check scenario files, or run them on a rig and write a run folder.
+    Scenario(scenario::ScenarioArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -57,5 +60,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Scenario(args) => scenario::run(args),
     }
 }
