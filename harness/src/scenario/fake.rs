@@ -62,8 +62,8 @@ pub enum Reply {
 /// A call the fake received, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    /// `mark()`.
-    Mark,
+    /// `mark()`, with the mark it returned.
+    Mark(CaptureMark),
     /// `power(action)`.
     Power(PowerAction),
     /// `button(hold)`.
@@ -220,7 +220,13 @@ impl FakeExecutor {
                 line: default,
                 end: self.bump(),
             }),
-            Some(Reply::Line(w)) => Ok(w),
+            Some(Reply::Line(w)) => {
+                // Capture positions only grow: later marks come after a scripted line's end.
+                if let LineWait::Seen { end, .. } = &w {
+                    self.marks = self.marks.max(end.0);
+                }
+                Ok(w)
+            }
             Some(Reply::Fail(e)) => Err(e),
             Some(other) => Err(Self::mismatch(action, other)),
         }
@@ -254,8 +260,9 @@ impl Executor for FakeExecutor {
     }
 
     fn mark(&mut self) -> Result<CaptureMark, ExecError> {
-        self.calls.push(Call::Mark);
-        Ok(self.bump())
+        let mark = self.bump();
+        self.calls.push(Call::Mark(mark));
+        Ok(mark)
     }
 
     fn power(&mut self, action: PowerAction) -> Result<(), ExecError> {
