@@ -13,7 +13,10 @@ use harness::scenario::{
 use harness::triage::Class;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn parse_with(text: &str, overrides: &[(&str, &str)]) -> Result<ScenarioFile, ScenarioError> {
@@ -54,12 +57,15 @@ fn error_at(text: &str, line: usize) -> ScenarioError {
         shown.starts_with(&format!("scenarios/test.toml:{line}:")),
         "expected line {line}: {shown}"
     );
-    assert_eq!(e.location.line, Some(line), "{shown}");
+    assert_eq!(e.location().line, Some(line), "{shown}");
     e
 }
 
 fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).expect("needle in text") + 1
+    text.lines()
+        .position(|l| l.contains(needle))
+        .expect("needle in text")
+        + 1
 }
 
 #[test]
@@ -171,7 +177,9 @@ repeat = { times = 2, steps = [ { power = "off" }, { wait = "1s" } ] }
     assert_eq!(steps[0].kind, StepKind::Power(PowerAction::Off));
     assert_eq!(
         file.requires,
-        Capability::ALL.into_iter().collect::<std::collections::BTreeSet<_>>()
+        Capability::ALL
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
     );
 }
 
@@ -252,7 +260,7 @@ fn unknown_override_names_the_parameter() {
     let text = with_steps("[params]\na = \"1\"\n[[step]]\nwait = \"1s\"\n");
     let e = parse_with(&text, &[("nope", "x")]).unwrap_err();
     assert!(
-        matches!(&e.problem, Problem::UnknownOverride { name, known } if name == "nope" && known == "a"),
+        matches!(e.problem(), Problem::UnknownOverride { name, known } if name == "nope" && known == "a"),
         "{e}"
     );
     assert!(scenario::parse_overrides(&["novalue".to_string()]).is_err());
@@ -264,9 +272,11 @@ fn unknown_override_names_the_parameter() {
 
 #[test]
 fn unknown_step_lists_the_valid_kinds_with_file_and_line() {
-    let text = with_steps("[[step]]\npower = \"on\"\n\n[[step]]\nlabel = \"x\"\nflsh = { image = \"a.bin\" }\n");
+    let text = with_steps(
+        "[[step]]\npower = \"on\"\n\n[[step]]\nlabel = \"x\"\nflsh = { image = \"a.bin\" }\n",
+    );
     let e = error_at(&text, line_of(&text, "flsh"));
-    assert_eq!(e.location.column, Some(1));
+    assert_eq!(e.location().column, Some(1));
     let shown = e.to_string();
     assert!(shown.contains("unknown step kind `flsh`"), "{shown}");
     for kind in ["power", "button", "flash", "expect_ota_refused", "repeat"] {
@@ -279,28 +289,30 @@ fn unknown_step_lists_the_valid_kinds_with_file_and_line() {
 
 #[test]
 fn unknown_step_inside_a_repeat_points_at_its_line() {
-    let text = with_steps("[[step]]\nrepeat = { times = 2, steps = [\n  { power = \"on\" },\n  { pwer = \"off\" },\n] }\n");
+    let text = with_steps(
+        "[[step]]\nrepeat = { times = 2, steps = [\n  { power = \"on\" },\n  { pwer = \"off\" },\n] }\n",
+    );
     let e = error_at(&text, line_of(&text, "pwer"));
-    assert!(matches!(e.problem, Problem::UnknownStep { ref kind, .. } if kind == "pwer"));
+    assert!(matches!(*e.problem(), Problem::UnknownStep { ref kind, .. } if kind == "pwer"));
 }
 
 #[test]
 fn step_without_or_with_two_kinds() {
     let text = with_steps("[[step]]\nlabel = \"lonely\"\n");
     let e = error_at(&text, line_of(&text, "[[step]]"));
-    assert!(matches!(e.problem, Problem::NoStepKind { .. }), "{e}");
+    assert!(matches!(*e.problem(), Problem::NoStepKind { .. }), "{e}");
 
     let text = with_steps("[[step]]\npower = \"on\"\nwait = \"1s\"\n");
     let e = error_at(&text, line_of(&text, "wait ="));
-    assert!(matches!(e.problem, Problem::TwoStepKinds { .. }), "{e}");
+    assert!(matches!(*e.problem(), Problem::TwoStepKinds { .. }), "{e}");
 }
 
 #[test]
 fn wrong_type_is_reported_at_the_value() {
     let text = with_steps("[[step]]\nwait_boot = { timeout = 5 }\n");
     let e = error_at(&text, line_of(&text, "wait_boot"));
-    assert_eq!(e.location.column, Some(25));
-    assert!(matches!(e.problem, Problem::Toml { .. }));
+    assert_eq!(e.location().column, Some(25));
+    assert!(matches!(*e.problem(), Problem::Toml { .. }));
     assert!(e.to_string().contains("expected a string"), "{e}");
 
     let text = with_steps("[[step]]\nflash = { image = \"x.bin\", power_cycle_after = \"no\" }\n");
@@ -318,7 +330,11 @@ fn unknown_key_inside_a_step_is_named() {
 #[test]
 fn bad_values_name_key_value_and_choices() {
     for (step, key, expected) in [
-        ("power = \"reboot\"", "`power` is `reboot`", "on, off or cycle"),
+        (
+            "power = \"reboot\"",
+            "`power` is `reboot`",
+            "on, off or cycle",
+        ),
         (
             "expect_identity = { state = \"RUNNING\" }",
             "`expect_identity.state` is `RUNNING`",
@@ -346,9 +362,9 @@ fn bad_values_name_key_value_and_choices() {
 fn bad_duration_names_the_value() {
     let text = with_steps("[[step]]\nwait = \"5 parsecs\"\n");
     let e = error_at(&text, line_of(&text, "parsecs"));
-    assert_eq!(e.location.column, Some(8));
+    assert_eq!(e.location().column, Some(8));
     assert!(
-        matches!(&e.problem, Problem::BadDuration { key, value, .. } if key == "wait" && value == "5 parsecs"),
+        matches!(e.problem(), Problem::BadDuration { key, value, .. } if key == "wait" && value == "5 parsecs"),
         "{e}"
     );
 }
@@ -357,12 +373,15 @@ fn bad_duration_names_the_value() {
 fn missing_image_lists_where_it_looked() {
     let text = with_steps("[[step]]\nflash = { image = \"fixtures/images/nope.bin\" }\n");
     let e = error_at(&text, line_of(&text, "nope.bin"));
-    let Problem::MissingImage { key, path, tried } = &e.problem else {
+    let Problem::MissingImage { key, path, tried } = e.problem() else {
         panic!("{e}")
     };
     assert_eq!(key, "flash.image");
     assert_eq!(path, "fixtures/images/nope.bin");
-    assert!(tried.contains("scenarios/fixtures/images/nope.bin"), "{tried}");
+    assert!(
+        tried.contains("scenarios/fixtures/images/nope.bin"),
+        "{tried}"
+    );
     assert!(tried.contains(", "), "both places: {tried}");
 }
 
@@ -371,7 +390,7 @@ fn image_the_lint_refuses_needs_force() {
     let img = "fixtures/images/sonoff-ota-1.0.0-4mb-qio.bin";
     let text = with_steps(&format!("[[step]]\nflash = {{ image = \"{img}\" }}\n"));
     let e = error_at(&text, line_of(&text, img));
-    let Problem::ImageDoesNotFit { board, lints, .. } = &e.problem else {
+    let Problem::ImageDoesNotFit { board, lints, .. } = e.problem() else {
         panic!("{e}")
     };
     assert_eq!(board, "sonoff-4ch");
@@ -392,7 +411,7 @@ fn image_the_lint_refuses_needs_force() {
 fn not_an_image_is_rejected() {
     let text = with_steps("[[step]]\nflash = { image = \"fixtures/images/README.md\" }\n");
     let e = error_at(&text, line_of(&text, "README"));
-    assert!(matches!(e.problem, Problem::BadImage { .. }), "{e}");
+    assert!(matches!(*e.problem(), Problem::BadImage { .. }), "{e}");
 }
 
 #[test]
@@ -405,7 +424,7 @@ fn unknown_triage_class_lists_the_classes() {
 
     let text = with_steps("[[step]]\nexpect_triage = { class = \"wdt\" }\n");
     let e = error_at(&text, line_of(&text, "wdt"));
-    assert!(matches!(e.problem, Problem::UnknownClass { .. }));
+    assert!(matches!(*e.problem(), Problem::UnknownClass { .. }));
 }
 
 #[test]
@@ -423,7 +442,7 @@ fn unknown_param_names_the_placeholder() {
         "[params]\nold = \"a.bin\"\n\n[[step]]\nflash = { image = \"fixtures/images/{olde}\" }\n",
     );
     let e = error_at(&text, line_of(&text, "{olde}"));
-    let Problem::UnknownParam { key, name, known } = &e.problem else {
+    let Problem::UnknownParam { key, name, known } = e.problem() else {
         panic!("{e}")
     };
     assert_eq!((key.as_str(), name.as_str()), ("flash.image", "olde"));
@@ -431,7 +450,7 @@ fn unknown_param_names_the_placeholder() {
 
     let text = with_steps("[[step]]\nexpect_line = { contains = \"{oops\" }\n");
     let e = error_at(&text, line_of(&text, "{oops"));
-    assert!(matches!(e.problem, Problem::UnclosedPlaceholder { .. }));
+    assert!(matches!(*e.problem(), Problem::UnclosedPlaceholder { .. }));
 }
 
 #[test]
@@ -448,7 +467,7 @@ fn labels_are_unique_and_since_needs_an_earlier_one() {
     );
     let e = parse(&text).unwrap_err();
     assert!(
-        matches!(e.problem, Problem::DuplicateLabel { first_line, .. } if first_line == line_of(&text, "power = \"on\"")),
+        matches!(*e.problem(), Problem::DuplicateLabel { first_line, .. } if first_line == line_of(&text, "power = \"on\"")),
         "{e}"
     );
 
@@ -456,7 +475,7 @@ fn labels_are_unique_and_since_needs_an_earlier_one() {
         "[[step]]\nexpect_triage = { class = \"healthy-boot\", since = \"later\" }\n[[step]]\nlabel = \"later\"\npower = \"on\"\n",
     );
     let e = error_at(&text, line_of(&text, "since"));
-    assert!(matches!(e.problem, Problem::UnknownLabel { .. }), "{e}");
+    assert!(matches!(*e.problem(), Problem::UnknownLabel { .. }), "{e}");
 }
 
 #[test]
@@ -471,40 +490,58 @@ requires = ["serial"]
 power = "cycle"
 "#;
     let e = parse(text).unwrap_err();
-    assert_eq!(e.location.line, Some(8));
+    assert_eq!(e.location().line, Some(8));
     assert!(
-        matches!(e.problem, Problem::MissingCapability { step: "power", capability: "power" }),
+        matches!(
+            e.problem(),
+            Problem::MissingCapability {
+                step: "power",
+                capability: "power"
+            }
+        ),
         "{e}"
     );
 }
 
 #[test]
 fn header_mistakes() {
-    let e = parse("name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-pow\"]\n[[step]]\nwait = \"1s\"\n")
-        .unwrap_err();
-    assert_eq!(e.location.line, Some(3));
+    let e = parse(
+        "name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-pow\"]\n[[step]]\nwait = \"1s\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.location().line, Some(3));
     assert!(e.to_string().contains("sonoff-basic"), "{e}");
 
     let e = parse("name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-basic\"]\nrequires = [\"relay\"]\n[[step]]\nwait = \"1s\"\n")
         .unwrap_err();
-    assert_eq!(e.location.line, Some(4));
+    assert_eq!(e.location().line, Some(4));
     assert!(e.to_string().contains("ota-webserver"), "{e}");
 
     let e = parse("name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-basic\"]\n").unwrap_err();
-    assert!(matches!(e.problem, Problem::Empty { ref key } if key == "step"), "{e}");
+    assert!(
+        matches!(*e.problem(), Problem::Empty { ref key } if key == "step"),
+        "{e}"
+    );
 
-    let e = parse("name = \"x\"\nboards = [\"sonoff-basic\"]\n[[step]]\nwait = \"1s\"\n").unwrap_err();
+    let e =
+        parse("name = \"x\"\nboards = [\"sonoff-basic\"]\n[[step]]\nwait = \"1s\"\n").unwrap_err();
     assert!(e.to_string().contains("missing field `description`"), "{e}");
 
-    let e = parse("name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-basic\"]\nrequirements = []\n").unwrap_err();
-    assert_eq!(e.location.line, Some(4));
-    assert!(e.to_string().contains("unknown field `requirements`"), "{e}");
+    let e = parse(
+        "name = \"x\"\ndescription = \"y\"\nboards = [\"sonoff-basic\"]\nrequirements = []\n",
+    )
+    .unwrap_err();
+    assert_eq!(e.location().line, Some(4));
+    assert!(
+        e.to_string().contains("unknown field `requirements`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn syntax_error_has_a_line() {
     let e = parse("name = \"x\ndescription = \"y\"\n").unwrap_err();
-    assert_eq!(e.location.line, Some(1));
+    assert_eq!(e.location().line, Some(1));
 }
 
 #[test]
@@ -539,6 +576,6 @@ fn load_reads_a_file_and_reports_unreadable_ones() {
     let file = scenario::load(&root.join("scenarios/seed-4ch-remedy.toml"), &[]).unwrap();
     assert_eq!(file.name, "seed-4ch-remedy");
     let e = scenario::load(&root.join("scenarios/does-not-exist.toml"), &[]).unwrap_err();
-    assert!(matches!(e.problem, Problem::Read(_)), "{e}");
+    assert!(matches!(*e.problem(), Problem::Read(_)), "{e}");
     assert!(e.to_string().contains("does-not-exist.toml"), "{e}");
 }

@@ -13,7 +13,10 @@ use harness::scenario::{
 use harness::triage::Class;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn file(text: &str) -> ScenarioFile {
@@ -91,7 +94,10 @@ fn passing_run_reports_every_step() {
     assert_eq!(statuses(&report), vec![StepStatus::Pass; 7]);
     assert!(report.steps.iter().all(|s| s.duration.is_some()));
     assert_eq!(report.backend, "fake");
-    assert_eq!(report.capture.as_deref(), Some(Path::new("/captures/remedy.log")));
+    assert_eq!(
+        report.capture.as_deref(),
+        Some(Path::new("/captures/remedy.log"))
+    );
     assert_eq!(report.triage.as_ref().unwrap().class, Class::HealthyBoot);
     // Expectation and observation of a line step.
     let id = &report.steps[1];
@@ -127,7 +133,10 @@ fn passing_run_reports_every_step() {
         panic!()
     };
     assert_eq!(want.state, Some(FwState::Update));
-    assert_eq!(*from, before_press, "the wait starts where the press started");
+    assert_eq!(
+        *from, before_press,
+        "the wait starts where the press started"
+    );
     let ota = calls
         .iter()
         .find_map(|c| match c {
@@ -175,12 +184,25 @@ fn failure_in_the_middle_marks_the_rest_not_run() {
     assert_eq!(failed.expected.as_deref(), Some("upload accepted"));
     assert_eq!(
         failed.observed.as_deref(),
-        Some("refused (updater-error ERROR[11]): Update error: ERROR[11]: Invalid bootstrapping state")
+        Some(
+            "refused (updater-error ERROR[11]): Update error: ERROR[11]: Invalid bootstrapping state"
+        )
     );
     assert!(report.steps[4..].iter().all(|s| s.duration.is_none()));
-    assert!(report.reason.as_deref().unwrap().starts_with("step 4 (OTA webserver"));
+    assert!(
+        report
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("step 4 (OTA webserver")
+    );
     // Nothing after the failed step was done, but the capture was triaged and the board made safe.
-    assert!(!fake.calls().iter().any(|c| matches!(c, Call::WaitBoot { .. })));
+    assert!(
+        !fake
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::WaitBoot { .. }))
+    );
     assert!(report.triage.is_some());
     assert_eq!(fake.calls().last(), Some(&Call::SafeState));
     assert!(!events.iter().any(|e| e == "start 5"));
@@ -191,7 +213,13 @@ fn line_timeout_reports_the_last_state_line_seen() {
     let s = one(REMEDY);
     let old = firmware::behaviour().state_line("1.0.0", OtaMethod::WebServer, FwState::Run);
     let mut fake = FakeExecutor::new();
-    fake.push(Action::WaitLine, Reply::Line(LineWait::Seen { line: old.clone(), end: CaptureMark(50) }));
+    fake.push(
+        Action::WaitLine,
+        Reply::Line(LineWait::Seen {
+            line: old.clone(),
+            end: CaptureMark(50),
+        }),
+    );
     fake.push(
         Action::WaitLine,
         Reply::Line(LineWait::Seen {
@@ -239,7 +267,11 @@ fn panic_in_a_step_is_an_error_and_safe_state_still_runs() {
     let step = &report.steps[3];
     assert_eq!(step.status, StepStatus::Error);
     assert_eq!(step.error.as_deref(), Some("panic: socket table exploded"));
-    assert!(report.steps[4..].iter().all(|s| s.status == StepStatus::NotRun));
+    assert!(
+        report.steps[4..]
+            .iter()
+            .all(|s| s.status == StepStatus::NotRun)
+    );
     assert_eq!(fake.calls().last(), Some(&Call::SafeState));
 }
 
@@ -265,14 +297,12 @@ fn harness_error_in_a_step_keeps_its_cause() {
 #[test]
 fn safe_state_failure_is_a_harness_error_even_after_a_pass() {
     let s = one(REMEDY);
-    let mut fake = FakeExecutor::new()
-        .with_capture(healthy_capture())
-        .reply(
-            Action::SafeState,
-            Reply::Fail(ExecError::Unsupported {
-                what: "release GPIO0".into(),
-            }),
-        );
+    let mut fake = FakeExecutor::new().with_capture(healthy_capture()).reply(
+        Action::SafeState,
+        Reply::Fail(ExecError::Unsupported {
+            what: "release GPIO0".into(),
+        }),
+    );
     let (report, _) = run(&s, &mut fake);
     assert!(report.steps.iter().all(|s| s.status == StepStatus::Pass));
     assert_eq!(report.status, RunStatus::Error);
@@ -309,8 +339,7 @@ fn missing_capability_skips_with_a_reason() {
 
 #[test]
 fn repeat_runs_iterations_and_stops_at_the_first_failure() {
-    let s = one(
-        r#"
+    let s = one(r#"
 name = "soak"
 description = "repeat"
 boards = ["sonoff-basic"]
@@ -324,8 +353,7 @@ repeat = { times = 5, steps = [
 ] }
 [[step]]
 power = "off"
-"#,
-    );
+"#);
     let mut fake = FakeExecutor::new().with_capture(healthy_capture());
     let (report, events) = run(&s, &mut fake);
     assert_eq!(report.status, RunStatus::Pass, "{report:#?}");
@@ -345,12 +373,25 @@ power = "off"
         })
         .collect();
     assert_eq!(triage_froms.len(), 6, "5 expect_triage + the final triage");
-    assert!(triage_froms.windows(2).take(4).all(|w| w[0] < w[1]), "{triage_froms:?}");
+    assert!(
+        triage_froms.windows(2).take(4).all(|w| w[0] < w[1]),
+        "{triage_froms:?}"
+    );
 
     // Third upload refused: iteration 3 fails, 4 and 5 do not run, neither does step 2.
     let mut fake = FakeExecutor::new().with_capture(healthy_capture());
-    fake.push(Action::Ota, Reply::Ota(OtaOutcome::Accepted { detail: "ok".into() }));
-    fake.push(Action::Ota, Reply::Ota(OtaOutcome::Accepted { detail: "ok".into() }));
+    fake.push(
+        Action::Ota,
+        Reply::Ota(OtaOutcome::Accepted {
+            detail: "ok".into(),
+        }),
+    );
+    fake.push(
+        Action::Ota,
+        Reply::Ota(OtaOutcome::Accepted {
+            detail: "ok".into(),
+        }),
+    );
     fake.push(
         Action::Ota,
         Reply::Ota(OtaOutcome::Refused {
@@ -409,7 +450,9 @@ expect_ota_refused = { method = "{method}", image = "fixtures/images/sonoff-ota-
         } else {
             refused
         };
-        Ok(Box::new(FakeExecutor::new().reply(Action::Ota, Reply::Ota(reply))))
+        Ok(Box::new(
+            FakeExecutor::new().reply(Action::Ota, Reply::Ota(reply)),
+        ))
     };
     let reports = scenario::run_all(&f.runs, &mut factory, &mut |_| {});
     assert_eq!(made.len(), 4);
@@ -436,7 +479,10 @@ expect_ota_refused = { method = "{method}", image = "fixtures/images/sonoff-ota-
         failed.observed.as_deref(),
         Some("accepted: Update Success! Rebooting...")
     );
-    assert_eq!(reports[3].run_name(), "refused--sonoff-4ch--method=webserver");
+    assert_eq!(
+        reports[3].run_name(),
+        "refused--sonoff-4ch--method=webserver"
+    );
 }
 
 #[test]
@@ -453,7 +499,12 @@ fn run_all_reports_an_executor_that_cannot_be_made() {
         reports[0].reason.as_deref(),
         Some("no executor: the rig cannot open /dev/ttyAMA0")
     );
-    assert!(reports[0].steps.iter().all(|s| s.status == StepStatus::NotRun));
+    assert!(
+        reports[0]
+            .steps
+            .iter()
+            .all(|s| s.status == StepStatus::NotRun)
+    );
 }
 
 #[test]
@@ -486,7 +537,9 @@ ota = { method = "arduino", image = "fixtures/images/sonoff-ota-2.0.0-arduino.bi
         if report.status == RunStatus::Error {
             assert_eq!(
                 report.steps[0].error.as_deref(),
-                Some("environment variable `HARNESS_TEST_OTA_PASSWORD_UNSET` (password_env) is not set")
+                Some(
+                    "environment variable `HARNESS_TEST_OTA_PASSWORD_UNSET` (password_env) is not set"
+                )
             );
         }
     }
@@ -494,13 +547,15 @@ ota = { method = "arduino", image = "fixtures/images/sonoff-ota-2.0.0-arduino.bi
         passwords,
         [Some(None), Some(Some("s3cret".to_string())), None]
     );
-    assert_eq!(statuses, [RunStatus::Pass, RunStatus::Pass, RunStatus::Error]);
+    assert_eq!(
+        statuses,
+        [RunStatus::Pass, RunStatus::Pass, RunStatus::Error]
+    );
 }
 
 #[test]
 fn lint_refusal_and_triage_steps_judge_real_data() {
-    let s = one(
-        r#"
+    let s = one(r#"
 name = "wrong-size"
 description = "lint and triage"
 boards = ["sonoff-basic"]
@@ -512,8 +567,7 @@ expect_lint_refusal = { image = "fixtures/images/sonoff-ota-1.0.0-4mb-qio.bin", 
 expect_triage = "restart-after-serial-flash"
 [[step]]
 expect_lint_refusal = { image = "fixtures/images/sonoff-ota-1.0.0-arduino.bin" }
-"#,
-    );
+"#);
     let capture =
         std::fs::read(repo_root().join("fixtures/corpus/restart-after-serial-flash-01.log"))
             .unwrap();
@@ -543,7 +597,10 @@ expect_lint_refusal = { image = "fixtures/images/sonoff-ota-1.0.0-arduino.bin" }
         report.steps[2].observed.as_deref(),
         Some("accepted: no lint errors")
     );
-    assert_eq!(report.triage.as_ref().unwrap().class, Class::RestartAfterSerialFlash);
+    assert_eq!(
+        report.triage.as_ref().unwrap().class,
+        Class::RestartAfterSerialFlash
+    );
 }
 
 #[test]

@@ -10,9 +10,7 @@ use miette::{IntoDiagnostic, WrapErr};
 
 use harness::board;
 use harness::report::{self, RunSet, RunStatus, StepStatus};
-use harness::scenario::{
-    self, ExecError, Executor, Progress, Scenario, ScenarioFile, artifacts,
-};
+use harness::scenario::{self, ExecutorFactory, Progress, Scenario, ScenarioFile, artifacts};
 
 use super::CmdResult;
 
@@ -157,7 +155,7 @@ fn rig_backend(rig: Option<&Path>) -> miette::Result<String> {
     Ok(backend.to_string())
 }
 
-type Factory = Box<dyn FnMut(&Scenario) -> Result<Box<dyn Executor>, ExecError>>;
+type Factory = Box<ExecutorFactory<'static>>;
 
 /// The executor factory for a rig backend.
 fn executor_factory(backend: &str, _rig: Option<&Path>) -> Result<Factory, NoExecutor> {
@@ -194,7 +192,9 @@ fn print_progress(p: Progress<'_>) {
                 time,
                 report.description
             );
-            if matches!(report.status, StepStatus::Fail | StepStatus::Error) && report.children.is_empty() {
+            if matches!(report.status, StepStatus::Fail | StepStatus::Error)
+                && report.children.is_empty()
+            {
                 for (k, v) in [
                     ("expected", &report.expected),
                     ("seen", &report.observed),

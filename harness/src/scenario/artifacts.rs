@@ -127,7 +127,9 @@ fn create_dir(path: &Path) -> Result<(), ArtifactError> {
 
 /// `2025-05-01T141500Z`: an RFC 3339 UTC time without colons, for folder names.
 pub fn folder_timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string().replace(':', "")
+    humantime::format_rfc3339_seconds(t)
+        .to_string()
+        .replace(':', "")
 }
 
 /// The default run folder: `<base>/<timestamp>-<name>`, where `name` is the scenario's name

@@ -296,7 +296,9 @@ impl Problem {
                  show the refusal)"
                 .to_string(),
             Problem::MissingCapability { capability, .. } => {
-                format!("add \"{capability}\" to `requires` so that rigs without it skip the scenario")
+                format!(
+                    "add \"{capability}\" to `requires` so that rigs without it skip the scenario"
+                )
             }
             Problem::UnknownLabel { .. } => {
                 "give the step to measure from a `label = \"...\"`".to_string()
@@ -312,10 +314,14 @@ impl Problem {
 /// the place.
 #[derive(Debug)]
 pub struct ScenarioError {
-    /// What is wrong.
-    pub problem: Problem,
-    /// Where.
-    pub location: Location,
+    // Boxed: validation passes this error up through many small functions.
+    inner: Box<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    problem: Problem,
+    location: Location,
     src: Option<NamedSource<String>>,
     span: Option<SourceSpan>,
 }
@@ -331,54 +337,72 @@ impl ScenarioError {
         let start = span.start.min(text.len());
         let len = span.end.min(text.len()).saturating_sub(start);
         ScenarioError {
-            problem,
-            location: Location::at(file, text, start),
-            src: Some(NamedSource::new(file, text.to_string()).with_language("toml")),
-            span: Some((start, len).into()),
+            inner: Box::new(Inner {
+                problem,
+                location: Location::at(file, text, start),
+                src: Some(NamedSource::new(file, text.to_string()).with_language("toml")),
+                span: Some((start, len).into()),
+            }),
         }
     }
 
     /// A problem with a file (or with the command line) as a whole.
     pub(crate) fn in_file(problem: Problem, file: &str) -> ScenarioError {
         ScenarioError {
-            problem,
-            location: Location::file(file),
-            src: None,
-            span: None,
+            inner: Box::new(Inner {
+                problem,
+                location: Location::file(file),
+                src: None,
+                span: None,
+            }),
         }
+    }
+
+    /// What is wrong.
+    pub fn problem(&self) -> &Problem {
+        &self.inner.problem
+    }
+
+    /// Where.
+    pub fn location(&self) -> &Location {
+        &self.inner.location
     }
 }
 
 impl fmt::Display for ScenarioError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.location, self.problem)
+        write!(f, "{}: {}", self.inner.location, self.inner.problem)
     }
 }
 
 impl std::error::Error for ScenarioError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         // The problem's own text is already in Display; continue the chain below it.
-        std::error::Error::source(&self.problem)
+        std::error::Error::source(&self.inner.problem)
     }
 }
 
 impl miette::Diagnostic for ScenarioError {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.problem.code()))
+        Some(Box::new(self.inner.problem.code()))
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        self.problem
+        self.inner
+            .problem
             .help()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
-        self.src.as_ref().map(|s| s as &dyn miette::SourceCode)
+        self.inner
+            .src
+            .as_ref()
+            .map(|s| s as &dyn miette::SourceCode)
     }
 
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
-        let span = self.span?;
+        let span = self.inner.span?;
         Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
             Some("here".to_string()),
             span,

@@ -63,7 +63,7 @@ pub use executor::{
 };
 pub use fake::FakeExecutor;
 pub use model::{BUILTIN_PARAMS, Capability, Scenario, ScenarioFile};
-pub use runner::{Progress, run, run_all};
+pub use runner::{ExecutorFactory, Progress, run, run_all};
 pub use step::{LineMatcher, PowerAction, Refusal, Step, StepKind};
 
 /// Finds images for one scenario file: next to the file first, then from the repository root.
@@ -125,9 +125,8 @@ pub fn parse_overrides(args: &[String]) -> Result<Vec<(String, String)>, Scenari
 /// Images are looked up next to the file, then under the repository root above it (or, for a
 /// file outside any repository, above the current directory).
 pub fn load(path: &Path, overrides: &[(String, String)]) -> Result<ScenarioFile, ScenarioError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ScenarioError::in_file(Problem::Read(e), &path.display().to_string())
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ScenarioError::in_file(Problem::Read(e), &path.display().to_string()))?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

@@ -199,10 +199,7 @@ pub(crate) fn validate(
                 Problem::BadValue {
                     key: "requires".into(),
                     value: r.get_ref().clone(),
-                    expected: format!(
-                        "one of {}",
-                        join(Capability::ALL.iter().map(|c| c.name()))
-                    ),
+                    expected: format!("one of {}", join(Capability::ALL.iter().map(|c| c.name()))),
                 },
                 r.span(),
             )
@@ -383,7 +380,10 @@ impl Ctx<'_> {
     }
 
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn string(&self, key: &str, s: &Spanned<String>) -> Result<String, ScenarioError> {
@@ -523,7 +523,12 @@ impl Ctx<'_> {
             .collect())
     }
 
-    fn need(&self, cap: Capability, step: &'static str, span: Range<usize>) -> Result<(), ScenarioError> {
+    fn need(
+        &self,
+        cap: Capability,
+        step: &'static str,
+        span: Range<usize>,
+    ) -> Result<(), ScenarioError> {
         if self.requires.contains(&cap) {
             Ok(())
         } else {
@@ -615,7 +620,12 @@ impl Ctx<'_> {
                 let hold = match s.get_ref() {
                     RawButton::Word(w) => {
                         let w = Spanned::new(s.span(), w.clone());
-                        self.word("button", &w, |t| (t == "press").then_some(()), "\"press\" or { hold = \"3s\" }")?;
+                        self.word(
+                            "button",
+                            &w,
+                            |t| (t == "press").then_some(()),
+                            "\"press\" or { hold = \"3s\" }",
+                        )?;
                         SHORT_PRESS
                     }
                     RawButton::Hold(h) => self.duration("button.hold", &h.hold)?,
@@ -632,10 +642,7 @@ impl Ctx<'_> {
                 StepKind::Flash(FlashStep {
                     image,
                     image_display,
-                    power_cycle_after: f
-                        .power_cycle_after
-                        .as_ref()
-                        .is_none_or(|p| *p.get_ref()),
+                    power_cycle_after: f.power_cycle_after.as_ref().is_none_or(|p| *p.get_ref()),
                     force,
                 })
             }

@@ -15,7 +15,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::executor::{CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest};
+use super::executor::{
+    CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest,
+};
 use super::model::Scenario;
 use super::step::{IdentityWant, LineMatcher, OtaStep, Refusal, Step, StepKind};
 use crate::board;
@@ -215,7 +217,9 @@ pub fn run(
         report.harness_errors.push(format!("safe state: {e}"));
     }
 
-    let culprit = report.culprit().map(|s| (s.status, s.id.clone(), s.description.clone()));
+    let culprit = report
+        .culprit()
+        .map(|s| (s.status, s.id.clone(), s.description.clone()));
     if let Some((status, id, description)) = culprit {
         report.status = if status == StepStatus::Error {
             RunStatus::Error
@@ -345,7 +349,11 @@ impl Runner<'_, '_> {
             StepKind::ExpectLine { matcher, timeout }
             | StepKind::ExpectIdentity { matcher, timeout } => {
                 let wait = self.exec.wait_line(self.cursor, matcher, *timeout)?;
-                self.line_outcome(wait, format!("{matcher} within {}", dur(*timeout)), *timeout)
+                self.line_outcome(
+                    wait,
+                    format!("{matcher} within {}", dur(*timeout)),
+                    *timeout,
+                )
             }
             StepKind::EnterUpdate { hold, timeout } => {
                 self.cursor = self.exec.mark()?;
@@ -449,7 +457,10 @@ impl Runner<'_, '_> {
                     }
                 }
                 let (status, observed) = match failed {
-                    None => (StepStatus::Pass, format!("{times} of {times} iterations passed")),
+                    None => (
+                        StepStatus::Pass,
+                        format!("{times} of {times} iterations passed"),
+                    ),
                     Some((i, status)) => (
                         status,
                         format!("iteration {i} of {times} did not pass; {} passed", i - 1),
@@ -532,7 +543,8 @@ impl Runner<'_, '_> {
                     .into_iter()
                     .filter(|l| l.severity == Severity::Error)
                     .collect();
-                let ok = !errors.is_empty() && lint.is_none_or(|id| errors.iter().any(|l| l.id == id));
+                let ok =
+                    !errors.is_empty() && lint.is_none_or(|id| errors.iter().any(|l| l.id == id));
                 let observed = if errors.is_empty() {
                     "accepted: no lint errors".to_string()
                 } else {
@@ -566,11 +578,14 @@ fn describe_ota(outcome: &OtaOutcome) -> String {
     }
 }
 
+/// Makes the executor for one run (the rig-backed one, or a fake in tests).
+pub type ExecutorFactory<'f> = dyn FnMut(&Scenario) -> Result<Box<dyn Executor>, ExecError> + 'f;
+
 /// Runs every scenario on a fresh executor from `make_executor`; a run whose executor cannot
 /// be made is reported as an error and the others still run.
 pub fn run_all<'s>(
     runs: impl IntoIterator<Item = &'s Scenario>,
-    make_executor: &mut dyn FnMut(&Scenario) -> Result<Box<dyn Executor>, ExecError>,
+    make_executor: &mut ExecutorFactory<'_>,
     progress: &mut dyn FnMut(Progress<'_>),
 ) -> Vec<RunReport> {
     runs.into_iter()

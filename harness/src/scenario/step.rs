@@ -361,7 +361,11 @@ impl fmt::Display for StepKind {
             }
             StepKind::Ota(o) => write!(f, "OTA {} {}", o.method, o.image_display),
             StepKind::ExpectOtaRefused { ota, reason, code } => {
-                write!(f, "expect OTA {} {} refused: {reason}", ota.method, ota.image_display)?;
+                write!(
+                    f,
+                    "expect OTA {} {} refused: {reason}",
+                    ota.method, ota.image_display
+                )?;
                 if let Some(c) = code {
                     write!(f, " ERROR[{c}]")?;
                 }
@@ -400,7 +404,10 @@ mod tests {
     #[test]
     fn press_constants_fit_the_firmware_thresholds() {
         let b = &firmware::behaviour().button;
-        assert!(b.debounce < SHORT_PRESS, "a short press must outlast the debounce");
+        assert!(
+            b.debounce < SHORT_PRESS,
+            "a short press must outlast the debounce"
+        );
         assert!(
             SHORT_PRESS * 4 < b.long_press,
             "a short press must stay far from a long press"
@@ -427,10 +434,7 @@ mod tests {
         let m = LineMatcher::StateLine(want);
         assert!(m.is_candidate(&old));
         assert!(!m.is_candidate("WiFi connected ip=10.0.0.2"));
-        assert_eq!(
-            m.to_string(),
-            "state line with version=2.0.0 state=RUN"
-        );
+        assert_eq!(m.to_string(), "state line with version=2.0.0 state=RUN");
     }
 
     #[test]
