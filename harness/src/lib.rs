@@ -4,11 +4,11 @@
 //!
 //! | layer | modules | rules |
 //! |---|---|---|
-//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], [`ota`], [`triage`], [`report`], [`scenario::model`] | no I/O, no clock, no threads: bytes in, values out |
+//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`flash::proto`], [`image`], [`ota`], [`triage`], [`report`], [`scenario::model`] | no I/O, no clock, no threads: bytes in, values out |
 //! | L1 clients | | talk to a device over a byte link or a socket |
 //! | L2 rig | | power, GPIO0 and serial of one board, hardware or virtual |
 //! | L3 runner | [`scenario::runner`], [`scenario::artifacts`] | scenarios: drive a rig through an [`scenario::Executor`], capture, triage, report |
-//! | beside | | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
+//! | beside | [`sim`] | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
 //!
 //! A device failure (boot loop, watchdog, bad checksum) is data in a report; a harness failure
 //! (unreadable file, vanished port) is an `Err`.
@@ -18,8 +18,10 @@
 pub mod board;
 pub mod bootlog;
 pub mod firmware;
+pub mod flash;
 pub mod image;
 pub mod ota;
 pub mod report;
 pub mod scenario;
+pub mod sim;
 pub mod triage;

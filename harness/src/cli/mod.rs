@@ -1,14 +1,14 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
-pub mod scenario;
-pub mod triage;
+mod image;
+mod scenario;
+mod sim;
+mod triage;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod image;
 
 /// Result of a subcommand: an exit code, or a harness error rendered by miette.
 pub type CmdResult = miette::Result<ExitCode>;
@@ -36,6 +36,8 @@ pub enum Command {
     Firmware(firmware::FirmwareArgs),
     /// Check scenario files, or run them on a rig and write a run folder.
     Scenario(scenario::ScenarioArgs),
+    /// Run a virtual Sonoff board on a pseudo-terminal.
+    Sim(sim::SimArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -61,5 +63,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Scenario(args) => scenario::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }
