@@ -167,7 +167,11 @@ fn run_without_an_executor_is_a_harness_error_and_writes_nothing() {
     assert!(!tmp.path().join("runs").exists());
 
     let rig = tmp.path().join("bench.toml");
-    std::fs::write(&rig, "backend = \"usb-serial\"\n").unwrap();
+    std::fs::write(
+        &rig,
+        "[[board]]\nname = \"b\"\nkind = \"sonoff-4ch\"\nbackend = \"usb-serial\"\nport = \"/dev/ttyUSB0\"\n",
+    )
+    .unwrap();
     let out = harness_in(
         tmp.path(),
         &[

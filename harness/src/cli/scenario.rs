@@ -136,7 +136,10 @@ struct NoExecutor {
     backend: String,
 }
 
-/// The backend a rig file names (`backend = "..."` at the top or under `[rig]`).
+/// The backends a rig file's boards use (`[[board]] backend = "..."`), comma-separated.
+///
+/// Only this much of the rig file is read here; the rig layer validates the whole file when an
+/// executor opens it.
 fn rig_backend(rig: Option<&Path>) -> miette::Result<String> {
     let Some(path) = rig else {
         return Ok("virtual".to_string());
@@ -147,12 +150,22 @@ fn rig_backend(rig: Option<&Path>) -> miette::Result<String> {
     let table: toml::Table = toml::from_str(&text)
         .into_diagnostic()
         .wrap_err_with(|| format!("rig file `{}` is not TOML", path.display()))?;
-    let backend = table
-        .get("backend")
-        .or_else(|| table.get("rig").and_then(|r| r.get("backend")))
-        .and_then(|b| b.as_str())
-        .unwrap_or("unspecified");
-    Ok(backend.to_string())
+    let mut backends: Vec<&str> = table
+        .get("board")
+        .and_then(|b| b.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b.get("backend").and_then(|v| v.as_str()))
+        .collect();
+    backends.sort_unstable();
+    backends.dedup();
+    if backends.is_empty() {
+        miette::bail!(
+            "rig file `{}` has no [[board]] with a backend",
+            path.display()
+        );
+    }
+    Ok(backends.join(", "))
 }
 
 type Factory = Box<ExecutorFactory<'static>>;
