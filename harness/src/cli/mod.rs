@@ -2,6 +2,7 @@
 
 mod firmware;
 mod image;
+mod ota;
 mod scenario;
 mod sim;
 mod triage;
@@ -34,6 +35,9 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
+    #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
+    Ota(ota::OtaArgs),
     /// Check scenario files, or run them on a rig and write a run folder.
     Scenario(scenario::ScenarioArgs),
     /// Run a virtual Sonoff board on a pseudo-terminal.
@@ -62,6 +66,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Ota(args) => ota::run(args),
         Command::Scenario(args) => scenario::run(args),
         Command::Sim(args) => sim::run(args),
     }
