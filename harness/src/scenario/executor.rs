@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::model::Capability;
 use super::step::{LineMatcher, PowerAction, Refusal};
 use crate::firmware::OtaMethod;
+use crate::ota::{Delivered, OtaError};
 use crate::triage;
 
 /// A position in the board's serial capture: bytes captured before it.
@@ -180,4 +181,152 @@ pub trait Executor {
     /// Leaves the board safe: button released, power as the rig file wants it at rest. The
     /// runner calls it at the end of every run, whatever happened.
     fn safe_state(&mut self) -> Result<(), ExecError>;
+}
+
+/// What an OTA client's result means to a scenario: the device's answers (accepted, refused,
+/// silent, cut off) become an [`OtaOutcome`]; what kept the harness from trying (local sockets,
+/// name lookup, cancel) becomes an [`ExecError`].
+///
+/// A device that asks for a password the scenario did not give counts as an `auth` refusal:
+/// from the scenario's side the device refused the upload for want of credentials.
+pub fn ota_outcome(result: Result<Delivered, OtaError>) -> Result<OtaOutcome, ExecError> {
+    let e = match result {
+        Ok(d) => {
+            return Ok(OtaOutcome::Accepted {
+                detail: d.reply.trim().to_string(),
+            });
+        }
+        Err(e) => e,
+    };
+    let reason = match &e {
+        OtaError::NoAnswer { .. }
+        | OtaError::ConnectionRefused { .. }
+        | OtaError::NotFound { .. } => Refusal::NotInUpdateState,
+        OtaError::PasswordRequired { .. }
+        | OtaError::AuthFailed { .. }
+        | OtaError::NoAuthAnswer { .. } => Refusal::Auth,
+        OtaError::Updater { .. } => Refusal::UpdaterError,
+        OtaError::HttpStatus { .. } | OtaError::BadResponse { .. } | OtaError::BadReply { .. } => {
+            Refusal::Protocol
+        }
+        e if e.is_device_failure() => Refusal::Transfer,
+        _ => {
+            return Err(ExecError::Failed {
+                action: "OTA upload",
+                source: Box::new(e),
+            });
+        }
+    };
+    let mut detail = e.to_string();
+    let mut cur = std::error::Error::source(&e);
+    while let Some(c) = cur {
+        detail.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    Ok(OtaOutcome::Refused {
+        reason,
+        code: e.updater_code(),
+        detail,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+    use crate::ota::updater::DeviceError;
+
+    fn dev() -> SocketAddr {
+        "127.0.0.1:8266".parse().unwrap()
+    }
+
+    fn refusal(e: OtaError) -> (Refusal, Option<u8>, String) {
+        match ota_outcome(Err(e)).unwrap() {
+            OtaOutcome::Refused {
+                reason,
+                code,
+                detail,
+            } => (reason, code, detail),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_results_map_to_refusal_reasons() {
+        let accepted = ota_outcome(Ok(Delivered {
+            device: dev(),
+            bytes: 10,
+            elapsed: Duration::from_millis(5),
+            reply: "OK\r\n".into(),
+            refused: vec![],
+        }))
+        .unwrap();
+        assert_eq!(
+            accepted,
+            OtaOutcome::Accepted {
+                detail: "OK".into()
+            }
+        );
+        let silent = refusal(OtaError::NoAnswer {
+            device: dev(),
+            attempts: 10,
+            waited: Duration::from_secs(10),
+            port_unreachable: true,
+        });
+        assert_eq!(silent.0, Refusal::NotInUpdateState);
+        assert!(silent.2.contains("No Answer"), "{}", silent.2);
+        let refused = refusal(OtaError::ConnectionRefused {
+            device: dev(),
+            source: std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        });
+        assert_eq!(refused.0, Refusal::NotInUpdateState);
+        assert!(
+            refused
+                .2
+                .starts_with("connection to 127.0.0.1:8266 refused: "),
+            "{}",
+            refused.2
+        );
+        let auth = refusal(OtaError::PasswordRequired {
+            device: dev(),
+            method: OtaMethod::Arduino,
+        });
+        assert_eq!(auth.0, Refusal::Auth);
+        let updater = refusal(OtaError::Updater {
+            device: dev(),
+            phase: crate::ota::Phase::Invitation,
+            error: DeviceError {
+                code: 11,
+                text: "Invalid bootstrapping state, reset ESP8266 before updating".into(),
+            },
+        });
+        assert_eq!((updater.0, updater.1), (Refusal::UpdaterError, Some(11)));
+        let cut = refusal(OtaError::UploadCut {
+            device: dev(),
+            sent: 4096,
+            total: 65536,
+            source: None,
+        });
+        assert_eq!(cut.0, Refusal::Transfer);
+    }
+
+    #[test]
+    fn harness_side_failures_are_errors() {
+        let e = ota_outcome(Err(OtaError::Io {
+            action: "bind a UDP socket",
+            source: std::io::Error::from(std::io::ErrorKind::AddrInUse),
+        }))
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            ExecError::Failed {
+                action: "OTA upload",
+                ..
+            }
+        ));
+        assert_eq!(e.to_string(), "OTA upload failed");
+        let cancelled = ota_outcome(Err(OtaError::Cancelled { sent: 0, total: 1 }));
+        assert!(cancelled.is_err());
+    }
 }

@@ -37,7 +37,8 @@
 //! `expect_identity = { app?, version?, ota?, state?, timeout? }`, `enter_update = { timeout? }`,
 //! `ota = { method, image, password_env?, force? }`,
 //! `expect_ota_refused = { method, image, reason, code?, password_env? }`,
-//! `expect_lint_refusal = { image, lint? }`, `expect_triage = "class"` or
+//! (`reason`: not-in-update-state, auth, updater-error, transfer or protocol; `code` = the
+//! Updater's `ERROR[n]`), `expect_lint_refusal = { image, lint? }`, `expect_triage = "class"` or
 //! `{ class, since? }`, `wait = "2s"`, `repeat = { times, steps = [ {...}, ... ] }`.
 //!
 //! Durations are device time in humantime syntax. `{name}` in any step string is replaced by a
@@ -59,7 +60,7 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Location, Problem, ScenarioError};
 pub use executor::{
-    CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest,
+    CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest, ota_outcome,
 };
 pub use fake::FakeExecutor;
 pub use model::{BUILTIN_PARAMS, Capability, Scenario, ScenarioFile};

@@ -69,17 +69,20 @@ pub enum Refusal {
     Auth,
     /// The core's Updater refused: `ERROR[n]` (espota `ERR:`, HTTP `Update error:`).
     UpdaterError,
-    /// The transfer broke off (timeout or connection closed mid-upload).
+    /// The upload did not go through: no connection, cut or stalled mid-upload, no verdict.
     Transfer,
+    /// The device answered outside the protocol (unexpected HTTP status, unparsable reply).
+    Protocol,
 }
 
 impl Refusal {
     /// Every reason.
-    pub const ALL: [Refusal; 4] = [
+    pub const ALL: [Refusal; 5] = [
         Refusal::NotInUpdateState,
         Refusal::Auth,
         Refusal::UpdaterError,
         Refusal::Transfer,
+        Refusal::Protocol,
     ];
 
     /// The word used in scenario files and reports.
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::Auth => "auth",
             Refusal::UpdaterError => "updater-error",
             Refusal::Transfer => "transfer",
+            Refusal::Protocol => "protocol",
         }
     }
 
