@@ -617,3 +617,22 @@ fn wrong_scripted_reply_is_a_harness_error_not_a_pass() {
             .starts_with("fake executor script: Done is no answer to Flash"),
     );
 }
+
+#[test]
+fn capture_that_cannot_be_marked_is_an_error_with_nothing_run() {
+    let s = one(REMEDY);
+    let mut fake = FakeExecutor::new().reply(
+        Action::Mark,
+        Reply::Fail(ExecError::Unsupported {
+            what: "read the capture".into(),
+        }),
+    );
+    let (report, _) = run(&s, &mut fake);
+    assert_eq!(report.status, RunStatus::Error);
+    assert_eq!(
+        report.harness_errors,
+        ["capture mark at the start: the rig cannot read the capture"]
+    );
+    assert_eq!(statuses(&report), vec![StepStatus::NotRun; 7]);
+    assert_eq!(fake.calls(), [Call::SafeState]);
+}

@@ -20,6 +20,8 @@ use crate::triage;
 /// The executor methods a script can answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
+    /// [`Executor::mark`] (only `Fail` and `Panic` make sense).
+    Mark,
     /// [`Executor::power`].
     Power,
     /// [`Executor::button`].
@@ -260,6 +262,11 @@ impl Executor for FakeExecutor {
     }
 
     fn mark(&mut self) -> Result<CaptureMark, ExecError> {
+        match self.next(Action::Mark) {
+            None => {}
+            Some(Reply::Fail(e)) => return Err(e),
+            Some(other) => return Err(Self::mismatch(Action::Mark, other)),
+        }
         let mark = self.bump();
         self.calls.push(Call::Mark(mark));
         Ok(mark)

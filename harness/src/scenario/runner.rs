@@ -181,12 +181,7 @@ pub fn run(
             scenario.board,
             missing.join(", ")
         ));
-        report.steps = scenario
-            .steps
-            .iter()
-            .enumerate()
-            .map(|(i, s)| not_done(s, &(i + 1).to_string(), StepStatus::Skipped))
-            .collect();
+        report.steps = all_not_done(scenario, StepStatus::Skipped);
     } else {
         match guarded(|| exec.mark().map_err(StepError::from)) {
             Ok(start) => {
@@ -207,9 +202,12 @@ pub fn run(
                         .push(format!("triage of the capture: {e}")),
                 }
             }
-            Err(e) => report
-                .harness_errors
-                .push(format!("capture mark at the start: {e}")),
+            Err(e) => {
+                report.steps = all_not_done(scenario, StepStatus::NotRun);
+                report
+                    .harness_errors
+                    .push(format!("capture mark at the start: {e}"));
+            }
         }
         report.capture = exec.capture_path();
     }
@@ -246,6 +244,15 @@ fn guarded<T>(f: impl FnOnce() -> Result<T, StepError>) -> Result<T, String> {
         Ok(Err(e)) => Err(chain(&e)),
         Err(payload) => Err(format!("panic: {}", panic_message(&*payload))),
     }
+}
+
+fn all_not_done(scenario: &Scenario, status: StepStatus) -> Vec<StepReport> {
+    scenario
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| not_done(s, &(i + 1).to_string(), status))
+        .collect()
 }
 
 fn not_done(step: &Step, id: &str, status: StepStatus) -> StepReport {
@@ -602,12 +609,7 @@ pub fn run_all<'s>(
                 status: RunStatus::Error,
                 reason: Some(format!("no executor: {}", chain(&e))),
                 duration: Duration::ZERO,
-                steps: scenario
-                    .steps
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| not_done(s, &(i + 1).to_string(), StepStatus::NotRun))
-                    .collect(),
+                steps: all_not_done(scenario, StepStatus::NotRun),
                 triage: None,
                 capture: None,
                 harness_errors: vec![chain(&e)],
