@@ -2,6 +2,7 @@
 
 mod firmware;
 mod image;
+mod monitor;
 mod ota;
 mod scenario;
 mod sim;
@@ -42,6 +43,8 @@ pub enum Command {
     Scenario(scenario::ScenarioArgs),
     /// Run a virtual Sonoff board on a pseudo-terminal.
     Sim(sim::SimArgs),
+    /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Ota(args) => ota::run(args),
         Command::Scenario(args) => scenario::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }
