@@ -153,23 +153,175 @@ fn check_applies_param_overrides() {
     );
 }
 
+/// A scenario the virtual board can do today: it has no app yet, so an erased flash stops in
+/// the ROM (`ets_main.c`).
+const ERASED: &str = r#"
+# The ROM halts on erased flash.
+name = "erased-flash"
+description = "A board with erased flash prints the ROM banner and stops at ets_main.c."
+boards = ["sonoff-basic", "sonoff-4ch"]
+requires = ["power", "gpio0", "serial"]
+
+[[step]]
+label = "cycle"
+power = "cycle"
+[[step]]
+expect_line = { contains = "ets_main.c", timeout = "5s" }
+[[step]]
+button = "press"
+[[step]]
+expect_triage = { class = "checksum-error", since = "cycle" }
+"#;
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
-fn run_without_an_executor_is_a_harness_error_and_writes_nothing() {
+fn run_on_the_virtual_rig_writes_a_complete_run_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("erased.toml"), ERASED).unwrap();
+    let out = harness_in(
+        tmp.path(),
+        &["scenario", "run", "erased.toml", "--out", "out"],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("[4] pass"), "{stdout}");
+    assert!(
+        stdout.contains("2 runs: 2 passed, 0 failed, 0 errors, 0 skipped"),
+        "{stdout}"
+    );
+    let dir = tmp.path().join("out");
+    let report = json(&dir.join("report.json"));
+    assert_eq!(report["complete"], true);
+    assert_eq!(report["status"], "pass");
+    assert_eq!(report["runs"][0]["backend"], "virtual");
+    for board in ["sonoff-basic", "sonoff-4ch"] {
+        let run = dir.join(format!("erased-flash--{board}"));
+        let capture = std::fs::read(run.join("capture.log")).unwrap();
+        assert!(
+            String::from_utf8_lossy(&capture).contains("ets_main.c"),
+            "{board}: {capture:?}"
+        );
+        assert_eq!(json(&run.join("triage.json"))["class"], "checksum-error");
+    }
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&junit).unwrap();
+    assert_eq!((parsed.tests, parsed.failures, parsed.errors), (2, 0, 0));
+}
+
+#[test]
+fn failing_step_exits_1_and_the_report_says_what_was_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("no-app.toml"),
+        "# No app on erased flash.\nname = \"no-app\"\ndescription = \"wait_boot fails\"\nboards = [\"sonoff-4ch\"]\nrequires = [\"power\", \"serial\"]\n\n[[step]]\npower = \"cycle\"\n[[step]]\nwait_boot = { timeout = \"1s\" }\n[[step]]\npower = \"off\"\n",
+    )
+    .unwrap();
+    let out = harness_in(
+        tmp.path(),
+        &["scenario", "run", "no-app.toml", "--out", "out"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let md = std::fs::read_to_string(tmp.path().join("out/report.md")).unwrap();
+    assert!(
+        md.contains("Failed at step 2 (line 10): wait for a boot (1s)"),
+        "{md}"
+    );
+    assert!(
+        md.contains("- **Seen:** not seen within 1s; last line: `ets_main.c"),
+        "{md}"
+    );
+    assert!(
+        md.contains("**Triage of the capture:** `checksum-error`"),
+        "{md}"
+    );
+    let report = json(&tmp.path().join("out/report.json"));
+    assert_eq!(report["runs"][0]["steps"][2]["status"], "not-run");
+}
+
+#[test]
+fn scenarios_the_virtual_rig_cannot_serve_are_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     let file = repo_root().join("scenarios/seed-4ch-remedy.toml");
-    let out = harness_in(tmp.path(), &["scenario", "run", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("no executor for rig backend `virtual`"),
-        "{stderr}"
+    let out = harness_in(
+        tmp.path(),
+        &["scenario", "run", file.to_str().unwrap(), "--out", "out"],
     );
-    assert!(!tmp.path().join("runs").exists());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stdout).contains("the virtual rig for sonoff-4ch lacks ota-webserver"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stderr).contains("no scenario ran"));
+    assert_eq!(
+        json(&tmp.path().join("out/report.json"))["counts"]["skipped"],
+        1
+    );
+}
 
-    let rig = tmp.path().join("bench.toml");
+#[test]
+fn flash_step_is_a_harness_error_until_the_flasher_exists() {
+    let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
-        &rig,
-        "[[board]]\nname = \"b\"\nkind = \"sonoff-4ch\"\nbackend = \"usb-serial\"\nport = \"/dev/ttyUSB0\"\n",
+        tmp.path().join("flash.toml"),
+        "# Flash.\nname = \"flash\"\ndescription = \"flash\"\nboards = [\"sonoff-basic\"]\nrequires = [\"power\", \"gpio0\", \"serial\"]\n\n[[step]]\nflash = { image = \"fixtures/images/sonoff-ota-1.0.0-webserver.bin\" }\n",
+    )
+    .unwrap();
+    let out = harness_in(
+        &repo_root(),
+        &[
+            "scenario",
+            "run",
+            tmp.path().join("flash.toml").to_str().unwrap(),
+            "--out",
+            tmp.path().join("out").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stdout).contains("error: the rig cannot flash over the serial ROM loader yet"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn rig_file_and_board_selection() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("erased.toml"), ERASED).unwrap();
+    // Only the 4CH of the built-in rig, by its rig name.
+    let out = harness_in(
+        tmp.path(),
+        &[
+            "scenario",
+            "run",
+            "erased.toml",
+            "--board",
+            "4ch",
+            "--out",
+            "a",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("1 run: 1 passed"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A rig with only a Basic: the 4CH run is skipped, the Basic one passes.
+    std::fs::write(
+        tmp.path().join("rig.toml"),
+        "[[board]]\nname = \"bench-basic\"\nkind = \"sonoff-basic\"\nbackend = \"virtual\"\npower_at_exit = \"off\"\n",
     )
     .unwrap();
     let out = harness_in(
@@ -177,20 +329,42 @@ fn run_without_an_executor_is_a_harness_error_and_writes_nothing() {
         &[
             "scenario",
             "run",
-            file.to_str().unwrap(),
+            "erased.toml",
             "--rig",
-            rig.to_str().unwrap(),
+            "rig.toml",
             "--out",
-            "out",
+            "b",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("rig.toml has no sonoff-4ch board"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("2 runs: 1 passed, 0 failed, 0 errors, 1 skipped"),
+        "{stdout}"
+    );
+
+    let out = harness_in(
+        tmp.path(),
+        &[
+            "scenario",
+            "run",
+            "erased.toml",
+            "--rig",
+            "rig.toml",
+            "--board",
+            "4ch",
         ],
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("no executor for rig backend `usb-serial`"),
+        text(&out.stderr).contains("bench-basic (sonoff-basic)"),
         "{}",
         text(&out.stderr)
     );
-    assert!(!tmp.path().join("out").exists());
 }
 
 #[test]
@@ -200,12 +374,13 @@ fn run_rejects_bad_input_before_anything_runs() {
     let f = file.to_str().unwrap();
     let out = harness_in(tmp.path(), &["scenario", "run", f, "--board", "sonoff-pow"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("unknown board `sonoff-pow`"));
-
-    let out = harness_in(
-        tmp.path(),
-        &["scenario", "run", f, "--board", "sonoff-basic"],
+    assert!(
+        text(&out.stderr).contains("no board `sonoff-pow`"),
+        "{}",
+        text(&out.stderr)
     );
+
+    let out = harness_in(tmp.path(), &["scenario", "run", f, "--board", "basic"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("no run selected"),
@@ -220,4 +395,5 @@ fn run_rejects_bad_input_before_anything_runs() {
         "{}",
         text(&out.stderr)
     );
+    assert!(!tmp.path().join("runs").exists());
 }

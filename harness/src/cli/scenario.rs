@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
-use miette::{IntoDiagnostic, WrapErr};
+use miette::IntoDiagnostic;
 
-use harness::board;
 use harness::report::{self, RunSet, RunStatus, StepStatus};
-use harness::scenario::{self, ExecutorFactory, Progress, Scenario, ScenarioFile, artifacts};
+use harness::rig::{BoardConfig, RigConfig, safety};
+use harness::scenario::{
+    self, ExecError, Executor, Progress, RigExecutor, Scenario, ScenarioFile, artifacts,
+};
 
 use super::CmdResult;
 
@@ -19,9 +21,12 @@ use super::CmdResult;
 #[command(after_help = "\
 Examples:
   harness scenario check scenarios/*.toml
-  harness scenario run scenarios/seed-4ch-remedy.toml --rig scenarios/rigs/virtual.toml
-  harness scenario run scenarios/arduino-ota-both-boards.toml --board sonoff-basic \\
+  harness scenario run scenarios/seed-4ch-remedy.toml --rig scenarios/rigs/pi.toml
+  harness scenario run scenarios/arduino-ota-both-boards.toml --board basic \\
       --param password_env= --out runs/today
+
+A run uses the rig's first board of the scenario's board kind; scenarios whose `requires` the rig
+cannot meet are skipped. Not supported yet: `flash` steps (no serial flasher in this harness).
 
 Exit status: 0 when every scenario that ran passed (check: every file is valid), 1 when a
 scenario failed on the board, 2 on a harness error (bad file, rig problem, nothing ran).")]
@@ -55,11 +60,11 @@ struct RunArgs {
     #[arg(required = true, value_name = "FILE")]
     files: Vec<PathBuf>,
 
-    /// The rig file (which boards, how they are wired). Default: the virtual rig.
+    /// The rig file (which boards, how they are wired). Default: the built-in virtual rig.
     #[arg(long, value_name = "FILE")]
     rig: Option<PathBuf>,
 
-    /// Only run on these boards (repeatable).
+    /// Only run on these boards: a board name of the rig or a board kind (repeatable).
     #[arg(long = "board", value_name = "NAME")]
     boards: Vec<String>,
 
@@ -121,64 +126,6 @@ fn check(a: CheckArgs) -> CmdResult {
     }
 }
 
-/// There is no executor for the rig's backend (yet).
-#[derive(Debug, thiserror::Error, miette::Diagnostic)]
-#[error("no executor for rig backend `{backend}`: scenarios cannot run on it yet")]
-#[diagnostic(
-    code(harness::scenario::no_executor),
-    help(
-        "the rig-backed executor (power, GPIO0, serial flash, OTA, capture) is wired once the \
-         rig, flasher and OTA client layers exist; `harness scenario check` validates scenario \
-         files meanwhile"
-    )
-)]
-struct NoExecutor {
-    backend: String,
-}
-
-/// The backends a rig file's boards use (`[[board]] backend = "..."`), comma-separated.
-///
-/// Only this much of the rig file is read here; the rig layer validates the whole file when an
-/// executor opens it.
-fn rig_backend(rig: Option<&Path>) -> miette::Result<String> {
-    let Some(path) = rig else {
-        return Ok("virtual".to_string());
-    };
-    let text = std::fs::read_to_string(path)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("cannot read rig file `{}`", path.display()))?;
-    let table: toml::Table = toml::from_str(&text)
-        .into_diagnostic()
-        .wrap_err_with(|| format!("rig file `{}` is not TOML", path.display()))?;
-    let mut backends: Vec<&str> = table
-        .get("board")
-        .and_then(|b| b.as_array())
-        .into_iter()
-        .flatten()
-        .filter_map(|b| b.get("backend").and_then(|v| v.as_str()))
-        .collect();
-    backends.sort_unstable();
-    backends.dedup();
-    if backends.is_empty() {
-        miette::bail!(
-            "rig file `{}` has no [[board]] with a backend",
-            path.display()
-        );
-    }
-    Ok(backends.join(", "))
-}
-
-type Factory = Box<ExecutorFactory<'static>>;
-
-/// The executor factory for a rig backend.
-fn executor_factory(backend: &str, _rig: Option<&Path>) -> Result<Factory, NoExecutor> {
-    // No backend has a rig-backed executor yet; failing here, before anything runs, is better
-    // than reporting runs that did not happen.
-    Err(NoExecutor {
-        backend: backend.to_string(),
-    })
-}
-
 fn print_progress(p: Progress<'_>) {
     let mut out = std::io::stdout().lock();
     match p {
@@ -228,18 +175,41 @@ fn print_progress(p: Progress<'_>) {
 
 fn run_scenarios(a: RunArgs) -> CmdResult {
     let overrides = scenario::parse_overrides(&a.params)?;
-    for b in &a.boards {
-        board::find(b)?;
-    }
     let files = a
         .files
         .iter()
         .map(|p| scenario::load(p, &overrides))
         .collect::<Result<Vec<_>, _>>()?;
+    let rig = match &a.rig {
+        Some(path) => RigConfig::load(path)?,
+        None => RigConfig::builtin_virtual(),
+    };
+    // `--board` takes a board name of the rig or a board kind.
+    let selects = |b: &str, c: &BoardConfig| c.name == b || c.profile.id == b;
+    for b in &a.boards {
+        if !rig.boards.iter().any(|c| selects(b, c)) {
+            miette::bail!(
+                "no board `{b}` in {} (boards: {})",
+                rig.source,
+                rig.boards
+                    .iter()
+                    .map(|c| format!("{} ({})", c.name, c.profile.id))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let chosen = |c: &BoardConfig| a.boards.is_empty() || a.boards.iter().any(|b| selects(b, c));
     let runs: Vec<&Scenario> = files
         .iter()
         .flat_map(|f| &f.runs)
-        .filter(|r| a.boards.is_empty() || a.boards.contains(&r.board))
+        .filter(|r| {
+            a.boards.is_empty()
+                || rig
+                    .boards
+                    .iter()
+                    .any(|c| c.profile.id == r.board && chosen(c))
+        })
         .collect();
     if runs.is_empty() {
         miette::bail!(
@@ -247,19 +217,43 @@ fn run_scenarios(a: RunArgs) -> CmdResult {
             a.boards.join(", ")
         );
     }
-    let backend = rig_backend(a.rig.as_deref())?;
-    let mut factory = executor_factory(&backend, a.rig.as_deref())?;
 
+    safety::install_signal_handler().into_diagnostic()?;
+    safety::install_panic_hook();
     let started = SystemTime::now();
-    let reports = scenario::run_all(runs, &mut *factory, &mut print_progress);
-    let set = RunSet {
-        started: humantime::format_rfc3339_seconds(started).to_string(),
-        runs: reports,
-    };
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let dir = a
         .out
         .unwrap_or_else(|| artifacts::default_dir(Path::new("runs"), started, &names));
+    let mut reports = Vec::with_capacity(runs.len());
+    for s in runs {
+        let Some(board) = rig
+            .boards
+            .iter()
+            .find(|c| c.profile.id == s.board && chosen(c))
+        else {
+            let report =
+                scenario::skipped(s, "", format!("{} has no {} board", rig.source, s.board));
+            print_progress(Progress::RunFinished { report: &report });
+            reports.push(report);
+            continue;
+        };
+        // The capture goes straight into the run folder.
+        let run_dir = dir.join(report::run_name(&s.name, &s.board, &s.matrix));
+        let mut factory = |_: &Scenario| -> Result<Box<dyn Executor>, ExecError> {
+            std::fs::create_dir_all(&run_dir).map_err(|source| ExecError::Failed {
+                action: "create the run folder",
+                source: Box::new(source),
+            })?;
+            let exec = RigExecutor::open(board, &run_dir.join("capture.log"))?;
+            Ok(Box::new(exec))
+        };
+        reports.extend(scenario::run_all([s], &mut factory, &mut print_progress));
+    }
+    let set = RunSet {
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        runs: reports,
+    };
     let written = artifacts::write_run_folder(&dir, &set);
     println!();
     print!("{}", report::text::render(&set));

@@ -5,11 +5,12 @@
 //!   (L0 apart from reading images through a trait)
 //! - [`step`]: the validated step kinds and their constants (L0)
 //! - [`executor`]: the [`Executor`] trait, the seam to a rig; [`fake`]: [`FakeExecutor`]
+//! - [`rig_executor`]: [`RigExecutor`], the executor over a rig board (L3)
 //! - [`runner`]: runs a scenario through an executor into a [`RunReport`](crate::report::RunReport) (L3)
 //! - [`artifacts`]: the run folder (captures, triage, reports), written atomically (L3)
 //!
-//! Must not import `rig`, `sim` or the binary's `cli`; a real rig reaches the runner only as an
-//! `Executor`.
+//! Must not import `sim` or the binary's `cli`. Only [`rig_executor`] imports `rig` and the OTA
+//! clients; the runner sees a rig only as an `Executor`.
 //!
 //! # File format
 //!
@@ -53,6 +54,7 @@ pub mod executor;
 pub mod fake;
 pub mod model;
 mod raw;
+pub mod rig_executor;
 pub mod runner;
 pub mod step;
 
@@ -64,7 +66,8 @@ pub use executor::{
 };
 pub use fake::FakeExecutor;
 pub use model::{BUILTIN_PARAMS, Capability, Scenario, ScenarioFile};
-pub use runner::{ExecutorFactory, Progress, run, run_all};
+pub use rig_executor::RigExecutor;
+pub use runner::{ExecutorFactory, Progress, run, run_all, skipped};
 pub use step::{LineMatcher, PowerAction, Refusal, Step, StepKind};
 
 /// Finds images for one scenario file: next to the file first, then from the repository root.

@@ -598,22 +598,47 @@ pub fn run_all<'s>(
     runs.into_iter()
         .map(|scenario| match make_executor(scenario) {
             Ok(mut exec) => run(scenario, exec.as_mut(), progress),
-            Err(e) => RunReport {
-                scenario: scenario.name.clone(),
-                file: scenario.file.display().to_string(),
-                description: scenario.description.clone(),
-                board: scenario.board.clone(),
-                backend: String::new(),
-                params: scenario.params.clone(),
-                matrix: scenario.matrix.clone(),
-                status: RunStatus::Error,
-                reason: Some(format!("no executor: {}", chain(&e))),
-                duration: Duration::ZERO,
-                steps: all_not_done(scenario, StepStatus::NotRun),
-                triage: None,
-                capture: None,
-                harness_errors: vec![chain(&e)],
-            },
+            Err(e) => {
+                let mut r = not_run_report(scenario, "", RunStatus::Error);
+                r.reason = Some(format!("no executor: {}", chain(&e)));
+                r.harness_errors = vec![chain(&e)];
+                progress(Progress::RunFinished { report: &r });
+                r
+            }
         })
         .collect()
+}
+
+/// The report of a run that was not attempted because the rig cannot do it (no board of that
+/// kind, say): status skipped, every step skipped, `reason` saying why.
+pub fn skipped(scenario: &Scenario, backend: &str, reason: String) -> RunReport {
+    let mut r = not_run_report(scenario, backend, RunStatus::Skipped);
+    r.reason = Some(reason);
+    r
+}
+
+fn not_run_report(scenario: &Scenario, backend: &str, status: RunStatus) -> RunReport {
+    RunReport {
+        scenario: scenario.name.clone(),
+        file: scenario.file.display().to_string(),
+        description: scenario.description.clone(),
+        board: scenario.board.clone(),
+        backend: backend.to_string(),
+        params: scenario.params.clone(),
+        matrix: scenario.matrix.clone(),
+        status,
+        reason: None,
+        duration: Duration::ZERO,
+        steps: all_not_done(
+            scenario,
+            if status == RunStatus::Skipped {
+                StepStatus::Skipped
+            } else {
+                StepStatus::NotRun
+            },
+        ),
+        triage: None,
+        capture: None,
+        harness_errors: Vec::new(),
+    }
 }
