@@ -2,7 +2,7 @@
 //! combination, with placeholders substituted, durations parsed, images found and linted,
 //! triage classes and labels checked.
 //!
-//! Pure apart from [`ImageFiles`], through which the caller says where images are and reads
+//! Pure apart from `ImageFiles`, through which the caller says where images are and reads
 //! them (the file system for `harness`, anything for tests).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
