@@ -172,7 +172,8 @@ pub trait Executor {
     /// Lets `duration` of device time pass (capturing meanwhile).
     fn wait(&mut self, duration: Duration) -> Result<(), ExecError>;
 
-    /// Triages the capture from `from` to now.
+    /// Triages the capture from `from` to now (`CaptureMark(0)`: all of it). An executor's
+    /// capture starts when it is made, so all of it belongs to one run.
     fn triage(&mut self, from: CaptureMark) -> Result<triage::Report, ExecError>;
 
     /// The file the raw capture is written to, if there is one.

@@ -130,8 +130,6 @@ struct Runner<'a, 'p> {
     exec: &'a mut dyn Executor,
     scenario: &'a Scenario,
     progress: &'p mut dyn FnMut(Progress<'_>),
-    /// Where the run's capture starts.
-    start: CaptureMark,
     /// Where the next line wait starts.
     cursor: CaptureMark,
     /// Mark at the start of each labelled step (the latest, inside repeats).
@@ -189,13 +187,18 @@ pub fn run(
                     exec: &mut *exec,
                     scenario,
                     progress: &mut *progress,
-                    start,
                     cursor: start,
                     labels: HashMap::new(),
                 };
                 let (steps, _) = runner.steps(&scenario.steps, "");
                 report.steps = steps;
-                match guarded(|| runner.exec.triage(start).map_err(StepError::from)) {
+                // The executor's capture belongs to this run: triage all of it.
+                match guarded(|| {
+                    runner
+                        .exec
+                        .triage(CaptureMark::default())
+                        .map_err(StepError::from)
+                }) {
                     Ok(t) => report.triage = Some(t),
                     Err(e) => report
                         .harness_errors
@@ -406,8 +409,8 @@ impl Runner<'_, '_> {
             } => self.lint_refusal(image, image_display, *lint)?,
             StepKind::ExpectTriage { class, since } => {
                 let from = match since {
-                    Some(label) => self.labels.get(label).copied().unwrap_or(self.start),
-                    None => self.start,
+                    Some(label) => self.labels.get(label).copied().unwrap_or_default(),
+                    None => CaptureMark::default(),
                 };
                 let t = self.exec.triage(from)?;
                 let mut expected = format!("triage class {class}");

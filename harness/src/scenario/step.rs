@@ -296,7 +296,7 @@ pub enum StepKind {
         /// The lint that must be among the errors (any error if `None`).
         lint: Option<LintId>,
     },
-    /// Triage the capture (from the labelled step, or from the start of the run).
+    /// Triage the capture (from the start of the labelled step, or all of it so far).
     ExpectTriage {
         /// The class expected.
         class: Class,
