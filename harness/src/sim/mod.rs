@@ -44,8 +44,11 @@
 
 pub(crate) mod boot;
 pub(crate) mod chip;
+pub mod clock;
 pub mod control;
 pub mod flash_model;
+pub mod net;
+pub(crate) mod port;
 pub(crate) mod pty;
 pub(crate) mod regs;
 pub(crate) mod rom;
@@ -54,6 +57,7 @@ pub(crate) mod stub;
 pub mod uart;
 
 use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -65,8 +69,12 @@ use std::thread::JoinHandle;
 use crate::board::BoardProfile;
 
 use self::chip::{Chip, Output, ResetKind};
+use self::clock::Clock;
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
+use self::net::{NetShared, OtaReply, OtaRequest};
+pub(crate) use self::port::FirmwarePort;
+pub use self::port::ServicePorts;
 
 /// Boot strap setting at power-on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +100,8 @@ pub struct SimConfig {
     pub realistic_timing: bool,
     /// Append every byte the chip puts on the pty to this file.
     pub tx_log: Option<PathBuf>,
+    /// Real seconds per device second; `None`: 1.0 with realistic timing, else [`Clock::FAST`].
+    pub time_scale: Option<f64>,
 }
 
 impl SimConfig {
@@ -103,12 +113,22 @@ impl SimConfig {
             boot: BootStraps::Flash,
             realistic_timing: false,
             tx_log: None,
+            time_scale: None,
         }
+    }
+
+    /// The device clock scale this configuration asks for.
+    pub fn scale(&self) -> f64 {
+        self.time_scale.unwrap_or(if self.realistic_timing {
+            Clock::REALISTIC
+        } else {
+            Clock::FAST
+        })
     }
 }
 
 /// Where to reach a running simulator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
     /// The board's serial port.
     pub pty: PathBuf,
@@ -118,6 +138,10 @@ pub struct Endpoints {
     pub flash: PathBuf,
     /// The TX log, if any.
     pub tx_log: Option<PathBuf>,
+    /// Real seconds per device second.
+    pub time_scale: f64,
+    /// The board's own network address.
+    pub ip: Ipv4Addr,
 }
 
 impl Endpoints {
@@ -131,6 +155,7 @@ impl Endpoints {
         if let Some(log) = &self.tx_log {
             lines.push(format!("tx-log: {}", log.display()));
         }
+        lines.push(format!("time-scale: {}", self.time_scale));
         lines
     }
 }
@@ -195,6 +220,13 @@ pub enum SimError {
     #[error("simulator I/O error")]
     #[diagnostic(code(harness::sim::io))]
     Io(#[source] std::io::Error),
+    /// The time scale is not usable.
+    #[error("time scale {0} is out of range")]
+    #[diagnostic(
+        code(harness::sim::time_scale),
+        help("give real seconds per device second, between 0.0001 and 100 (fast default 0.05)")
+    )]
+    TimeScale(f64),
     /// The simulator has already stopped.
     #[error("the simulator has stopped")]
     #[diagnostic(code(harness::sim::stopped))]
@@ -213,6 +245,15 @@ pub(crate) enum Event {
     },
     /// A control command and where to send its answer.
     Control(ControlCommand, Sender<Reply>),
+    /// A request of an OTA server to the firmware (see [`net`]).
+    Ota {
+        /// The service generation the server is talking to.
+        generation: u64,
+        /// What it asks.
+        request: OtaRequest,
+        /// Where the answer goes.
+        reply: Sender<OtaReply>,
+    },
     /// Stop the chip thread.
     Shutdown,
 }
@@ -250,6 +291,8 @@ impl SimControl {
 pub struct SimHandle {
     endpoints: Endpoints,
     control: SimControl,
+    #[allow(dead_code, reason = "handed to the OTA servers")]
+    firmware: FirmwarePort,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -259,6 +302,8 @@ impl SimHandle {
     /// Opens the pty, flash and control socket, starts the threads and powers the board on.
     pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         let board = config.board;
+        let scale = config.scale();
+        let clock = Clock::new(scale).ok_or(SimError::TimeScale(scale))?;
         let dir = tempfile::Builder::new()
             .prefix("harness-sim-")
             .tempdir()
@@ -289,7 +334,10 @@ impl SimHandle {
             control: control_path,
             flash: flash_path,
             tx_log: config.tx_log.clone(),
+            time_scale: scale,
+            ip: board_ip(),
         };
+        let net = Arc::new(NetShared::new(endpoints.ip));
 
         let mut chip = Chip::new(board, flash, config.realistic_timing);
         chip.set_button(config.boot == BootStraps::Download);
@@ -302,6 +350,12 @@ impl SimHandle {
         let control = SimControl {
             events: events_tx.clone(),
         };
+        let firmware = FirmwarePort::new(
+            events_tx.clone(),
+            Arc::clone(&net),
+            clock,
+            Arc::new(ServicePorts::default()),
+        );
         let (reader_fd, writer_fd, probe) = pty.into_parts()?;
 
         let mut threads = Vec::new();
@@ -350,6 +404,7 @@ impl SimHandle {
         Ok(SimHandle {
             endpoints,
             control,
+            firmware,
             stop,
             threads,
             _dir: dir,
@@ -364,6 +419,12 @@ impl SimHandle {
     /// A cloneable control sender (for other threads, e.g. a stdin reader).
     pub fn control(&self) -> SimControl {
         self.control.clone()
+    }
+
+    /// The port OTA servers use to reach the firmware.
+    #[allow(dead_code, reason = "the OTA servers' entry point")]
+    pub(crate) fn firmware_port(&self) -> FirmwarePort {
+        self.firmware.clone()
     }
 
     /// Sends one control command and waits for its answer.
@@ -390,6 +451,15 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.stop_threads();
     }
+}
+
+/// A loopback address of its own for each simulator: the low bits of the process id plus a
+/// per-process counter, in 127.0.0.2..=127.0.0.254 (collisions only cost uniqueness, never a
+/// port: the servers pick free ports).
+fn board_ip() -> Ipv4Addr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = u64::from(std::process::id()) * 7 + NEXT.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
 }
 
 fn open_flash(path: &Path, size: u32) -> Result<Flash, SimError> {
@@ -433,6 +503,11 @@ fn run_chip(mut chip: Chip, events: Receiver<Event>, out: Sender<Output>, epoch:
                 let answer = apply_control(&mut chip, cmd);
                 flush(&mut chip);
                 let _ = reply.send(answer);
+                continue;
+            }
+            Event::Ota { reply, .. } => {
+                // No firmware model answers yet: every service is gone.
+                let _ = reply.send(OtaReply::NotRunning);
                 continue;
             }
             Event::Shutdown => break,
@@ -506,6 +581,15 @@ mod tests {
         let ep = sim.endpoints().clone();
         assert_eq!(ep.flash, flash);
         assert_eq!(ep.lines()[0], format!("pty: {}", ep.pty.display()));
+        assert!(ep.lines().contains(&"time-scale: 0.05".to_string()));
+        let port = sim.firmware_port();
+        assert_eq!(port.net().get().ip, ep.ip);
+        assert_eq!(port.net().get().service, None);
+        assert_eq!(
+            port.request(0, OtaRequest::Abort),
+            OtaReply::NotRunning,
+            "no service before the firmware starts one"
+        );
         assert_eq!(std::fs::metadata(&flash).unwrap().len(), 1 << 20);
 
         // The pty starts at the ROM's 74880 baud, so a plain open reads the banner as text.
