@@ -270,7 +270,6 @@ impl CoreModel {
     }
 }
 
-
 impl Default for CoreModel {
     fn default() -> Self {
         CoreModel::V3_1

@@ -81,8 +81,13 @@ mod tests {
         assert_eq!(c.real(Duration::from_secs(120)), Duration::from_secs(6));
         assert_eq!(c.device(Duration::from_secs(6)), Duration::from_secs(120));
         let r = Clock::new(Clock::REALISTIC).unwrap();
-        assert_eq!(r.real(Duration::from_millis(250)), Duration::from_millis(250));
-        assert!(c.instant_at(Duration::from_secs(20)) >= Instant::now() + Duration::from_millis(900));
+        assert_eq!(
+            r.real(Duration::from_millis(250)),
+            Duration::from_millis(250)
+        );
+        assert!(
+            c.instant_at(Duration::from_secs(20)) >= Instant::now() + Duration::from_millis(900)
+        );
     }
 
     #[test]

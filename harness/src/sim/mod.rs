@@ -42,10 +42,14 @@
 //! bytes at 10 bits per byte in both directions and flash erase/program take their datasheet
 //! times ([`flash_model`]).
 
+pub(crate) mod app;
 pub(crate) mod boot;
 pub(crate) mod chip;
 pub mod clock;
 pub mod control;
+pub(crate) mod eboot;
+#[cfg(test)]
+mod flash_boot_tests;
 pub mod flash_model;
 pub mod net;
 pub(crate) mod port;
@@ -68,7 +72,7 @@ use std::thread::JoinHandle;
 
 use crate::board::BoardProfile;
 
-use self::chip::{Chip, Output, ResetKind};
+use self::chip::{Chip, NetLink, Output, ResetKind};
 use self::clock::Clock;
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
@@ -339,7 +343,13 @@ impl SimHandle {
         };
         let net = Arc::new(NetShared::new(endpoints.ip));
 
+        let ports = Arc::new(ServicePorts::default());
         let mut chip = Chip::new(board, flash, config.realistic_timing);
+        chip.hw.net = Some(NetLink {
+            shared: Arc::clone(&net),
+            ports: Arc::clone(&ports),
+        });
+        chip.set_time(clock.now());
         chip.set_button(config.boot == BootStraps::Download);
         chip.power_on();
 
@@ -350,12 +360,7 @@ impl SimHandle {
         let control = SimControl {
             events: events_tx.clone(),
         };
-        let firmware = FirmwarePort::new(
-            events_tx.clone(),
-            Arc::clone(&net),
-            clock,
-            Arc::new(ServicePorts::default()),
-        );
+        let firmware = FirmwarePort::new(events_tx.clone(), Arc::clone(&net), clock, ports);
         let (reader_fd, writer_fd, probe) = pty.into_parts()?;
 
         let mut threads = Vec::new();
@@ -381,7 +386,7 @@ impl SimHandle {
             let epoch = Arc::clone(&epoch);
             threads.push(spawn(
                 "sim-chip",
-                Box::new(move || run_chip(chip, events_rx, out_tx, epoch)),
+                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock)),
             )?);
         }
         {
@@ -487,29 +492,54 @@ fn bind_control(path: &Path) -> Result<UnixListener, SimError> {
     Ok(listener)
 }
 
-/// The chip thread: applies events in order and hands the output to the writer.
-fn run_chip(mut chip: Chip, events: Receiver<Event>, out: Sender<Output>, epoch: Arc<AtomicU64>) {
+/// The chip thread: applies events in order, fires the chip's timers when they are due in
+/// device time, and hands the output to the writer.
+fn run_chip(
+    mut chip: Chip,
+    events: Receiver<Event>,
+    out: Sender<Output>,
+    epoch: Arc<AtomicU64>,
+    clock: Clock,
+) {
     let flush = |chip: &mut Chip| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
         for o in chip.take_output() {
             let _ = out.send(o);
         }
     };
-    flush(&mut chip);
-    for event in events {
+    loop {
+        chip.advance(clock.now());
+        flush(&mut chip);
+        let event = match chip.next_deadline() {
+            Some(due) => {
+                let wait = clock
+                    .instant_at(due)
+                    .saturating_duration_since(std::time::Instant::now());
+                match events.recv_timeout(wait) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            },
+        };
+        // Timers due before the event fire first, at their own device time.
+        chip.advance(clock.now());
         match event {
             Event::Rx { bytes, host_baud } => chip.on_rx(&bytes, host_baud),
             Event::Control(cmd, reply) => {
                 let answer = apply_control(&mut chip, cmd);
                 flush(&mut chip);
                 let _ = reply.send(answer);
-                continue;
             }
-            Event::Ota { reply, .. } => {
-                // No firmware model answers yet: every service is gone.
-                let _ = reply.send(OtaReply::NotRunning);
-                continue;
-            }
+            Event::Ota {
+                generation,
+                request,
+                reply,
+            } => chip.on_ota(generation, request, reply),
             Event::Shutdown => break,
         }
         flush(&mut chip);
@@ -535,6 +565,7 @@ fn apply_control(chip: &mut Chip, cmd: ControlCommand) -> Reply {
             chip.reset(ResetKind::External);
         }
         ControlCommand::Status => return Reply::Ok(Some(chip.status().to_string())),
+        ControlCommand::PowerCutDuringCopy(cut) => chip.hw.faults.power_cut_during_copy = cut,
     }
     Reply::Ok(None)
 }
