@@ -497,14 +497,23 @@ fn bind_control(path: &Path) -> Result<UnixListener, SimError> {
 fn run_chip(
     mut chip: Chip,
     events: Receiver<Event>,
-    out: Sender<Output>,
+    out: Sender<pty::WriterMsg>,
     epoch: Arc<AtomicU64>,
     clock: Clock,
 ) {
     let flush = |chip: &mut Chip| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
         for o in chip.take_output() {
-            let _ = out.send(o);
+            let _ = out.send(pty::WriterMsg::Out(o));
+        }
+    };
+    // After power and reset commands the answer waits until the writer has put everything
+    // before on the pty (or dropped it as stale), so a client that flushes its input after
+    // the answer never sees output from before the command. Bounded, never a deadlock.
+    let barrier = |out: &Sender<pty::WriterMsg>| {
+        let (done, wait) = mpsc::channel();
+        if out.send(pty::WriterMsg::Barrier(done)).is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(2));
         }
     };
     loop {
@@ -531,8 +540,18 @@ fn run_chip(
         match event {
             Event::Rx { bytes, host_baud } => chip.on_rx(&bytes, host_baud),
             Event::Control(cmd, reply) => {
+                let settles = matches!(
+                    cmd,
+                    ControlCommand::PowerOn
+                        | ControlCommand::PowerOff
+                        | ControlCommand::PowerCycle
+                        | ControlCommand::Reset
+                );
                 let answer = apply_control(&mut chip, cmd);
                 flush(&mut chip);
+                if settles {
+                    barrier(&out);
+                }
                 let _ = reply.send(answer);
             }
             Event::Ota {
