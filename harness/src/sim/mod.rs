@@ -54,6 +54,8 @@ pub mod flash_model;
 pub mod net;
 pub(crate) mod port;
 pub(crate) mod pty;
+#[cfg(test)]
+mod pty_tests;
 pub(crate) mod regs;
 pub(crate) mod rom;
 pub(crate) mod rom_loader;
