@@ -388,7 +388,8 @@ fn image_make_records_core_and_password() {
     let image = std::fs::read(&out).unwrap();
     let word = u32::from_le_bytes(image[0x1010..0x1014].try_into().unwrap());
     assert!(word >= 0x1000_0000, "{word:#x}");
-    let sim = Sim::start("sonoff-basic", &image, &[]);
+    // Written into an erased flash file by `harness sim --image`.
+    let sim = Sim::start("sonoff-basic", &[], &["--image", out.to_str().unwrap()]);
     let mut port = sim.boot(74_880);
     port.read_until(&format!("v{word:08x}\r\n~ld\r\n"), STARTUP);
 }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use harness::board;
 use harness::sim::{BootStraps, SimConfig, SimHandle};
-use miette::IntoDiagnostic;
+use miette::{IntoDiagnostic, WrapErr};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -49,6 +49,10 @@ pub struct SimArgs {
     /// with --realistic-timing).
     #[arg(long, value_name = "X")]
     pub time_scale: Option<f64>,
+    /// Firmware file (an Arduino .bin or a plain image) written at flash 0x0 before the board
+    /// is powered, as `esptool write-flash 0x0 FILE` would.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
     /// Append every byte the board transmits (as the port receives it) to this file.
     #[arg(long, value_name = "FILE")]
     pub tx_log: Option<PathBuf>,
@@ -65,6 +69,12 @@ pub fn run(args: SimArgs) -> CmdResult {
     };
     config.realistic_timing = args.realistic_timing;
     config.time_scale = args.time_scale;
+    if let Some(path) = &args.image {
+        let bytes = std::fs::read(path)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read image {}", path.display()))?;
+        config.image = Some(bytes);
+    }
     config.tx_log = args.tx_log;
 
     // Registered before the endpoints are printed, so a signal sent right after is not lost.

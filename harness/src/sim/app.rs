@@ -482,7 +482,7 @@ impl RefFw {
             return true;
         }
         let blink = behaviour().led.blink.as_millis().max(1);
-        (now.saturating_sub(self.update_entered).as_millis() / blink) % 2 == 0
+        (now.saturating_sub(self.update_entered).as_millis() / blink).is_multiple_of(2)
     }
 
     /// The raw button level as `digitalRead` sees it.
@@ -687,12 +687,17 @@ impl RefFw {
                 }
             }
             OtaRequest::Abort => {
+                // The libraries end a broken upload with a premature `Update.end()` (ArduinoOTA
+                // after its receive loop, the HTTP server on UPLOAD_FILE_ABORTED), which resets
+                // the Updater; whatever it returns, no command goes to RTC memory.
+                if self.session.is_running() {
+                    let _ = self.session.end(&mut flash, false);
+                }
                 self.blocked = false;
                 OtaReply::Ok
             }
             OtaRequest::Print(text) => {
                 let busy = flash.busy;
-                drop(flash);
                 hw.print(&text);
                 return (OtaReply::Ok, busy);
             }

@@ -484,6 +484,15 @@ fn updater_errors_reach_the_server_and_core_models_differ() {
         OtaReply::Err(UpdaterError::MagicByte)
     );
     assert!(b.status().contains("rtc_cmd=no"));
+    // An aborted upload resets the Updater: the next one can begin.
+    assert_eq!(b.ota(g, begin()), OtaReply::Ok);
+    assert_eq!(
+        b.ota(g, OtaRequest::Write(vec![0xE9; 4096])),
+        OtaReply::Written(4096)
+    );
+    assert_eq!(b.ota(g, OtaRequest::Abort), OtaReply::Ok);
+    assert_eq!(b.ota(g, begin()), OtaReply::Ok);
+    assert!(b.status().contains("rtc_cmd=no"));
 }
 
 /// Power on in download mode, then esptool's `--after soft-reset` with the ROM: FLASH_BEGIN

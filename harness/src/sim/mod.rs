@@ -1,22 +1,31 @@
 //! The virtual Sonoff: one simulated ESP8266/ESP8285 board behind a real pty.
 //!
 //! The simulator sits beside the layers: it uses only L0 modules ([`crate::board`],
-//! [`crate::flash::proto`]) and is reached the way hardware is, through a serial port (a pty)
-//! and, later, loopback sockets. Nothing above `rig::virtual` may know it exists.
+//! [`crate::flash::proto`], [`crate::image`], [`crate::ota`], [`crate::firmware`]) and is
+//! reached the way hardware is, through a serial port (a pty) and loopback sockets. Nothing
+//! above `rig::virtual` may know it exists.
 //!
 //! # What it models
 //!
 //! - `chip`: power, boot straps latched at power-on/external reset only, rst cause, UART
-//!   rates; `rom`: the boot ROM's banner and boot decision; `rom_loader`: the ROM's UART
-//!   download loop; `stub`: the esptool flasher stub; `regs`: eFuses, UART divider and the SPI
-//!   flash controller; `boot`: the seam where booting from flash continues (images, eboot and
-//!   the app come later); `pty`: the pseudo-terminal and its reader/writer threads.
+//!   rates, RTC memory (eboot's command; kept over software and watchdog resets, lost at power
+//!   off), the hardware watchdog (8.2 s when enabled and not fed) and device-time timers;
+//!   `rom`: the boot ROM's banner and boot decision; `rom_loader`: the ROM's UART download loop;
+//!   `stub`: the esptool flasher stub; `regs`: eFuses, UART divider and the SPI flash
+//!   controller; `pty`: the pseudo-terminal and its reader/writer threads.
+//! - `boot`: the ROM loading the image at flash 0x0 (`load`/`tail`/`chksum`/`csum` lines,
+//!   `csum err`, flash modes the board cannot run); `eboot`: the Arduino boot loader (`v`, `@`/`~`,
+//!   the copy of a staged OTA image in device time, `ld`, `e:N`); `app`: what runs after it: the
+//!   reference firmware of `firmware/` (state machine, button, OTA through the core's Updater,
+//!   built-in faults), other images, and crash loops of broken ones.
+//! - [`net`]: the firmware's OTA service as the OTA servers see it, reached through a
+//!   `FirmwarePort`; [`clock`]: device time against real time.
 //! - [`flash_model`]: NOR flash of the board's real size in a file (or memory), addresses
 //!   wrapping, writes going straight to the file.
 //! - [`uart`]: bytes read at the wrong baud rate become what a real UART delivers. The ROM
 //!   prints at 74880; its download loop autobauds on the host's first SYNC (the ESP8266 ROM
 //!   measures the incoming rate, which is why esptool can talk at 115200 to a ROM that printed at
-//!   74880); the stub keeps that rate until CHANGE_BAUDRATE.
+//!   74880); the stub keeps that rate until CHANGE_BAUDRATE; the app switches to 115200.
 //!
 //! # Running it
 //!
@@ -29,18 +38,24 @@
 //! control: /tmp/.tmpAbC123/control.sock
 //! flash: /tmp/.tmpAbC123/flash.bin
 //! tx-log: /tmp/capture.bin        (only with --tx-log)
+//! time-scale: 0.05
 //!
 //! ```
 //!
 //! The control protocol (socket and stdin) is described in [`control`]. The board starts
 //! powered, with the button held if the boot straps say download, and stays so until told
-//! otherwise.
+//! otherwise. The answer to a power or reset command comes after everything the board sent
+//! before it is on the pty, so a client that flushes its input after the answer starts clean.
 //!
 //! # Timing
 //!
-//! By default everything is as fast as the host allows. With realistic timing the UART paces
-//! bytes at 10 bits per byte in both directions and flash erase/program take their datasheet
-//! times ([`flash_model`]).
+//! Timed behaviour (debounce, UPDATE timeout, watchdogs, eboot's copy, flash busy times of OTA
+//! writes) runs in device time, which [`clock::Clock`] maps to real time: 0.05 real seconds
+//! per device second by default, 1.0 with realistic timing, or `--time-scale X`. The chip
+//! thread sleeps until the next device deadline or the next event, and fires each timer at its
+//! own device time, so the order of events is the same at every scale. With realistic timing
+//! the UART also paces bytes at 10 bits per byte in both directions and the ROM loader's flash
+//! operations take their datasheet times ([`flash_model`]).
 
 pub(crate) mod app;
 pub(crate) mod boot;
@@ -74,7 +89,7 @@ use std::thread::JoinHandle;
 
 use crate::board::BoardProfile;
 
-use self::chip::{Chip, NetLink, Output, ResetKind};
+use self::chip::{Chip, NetLink, ResetKind};
 use self::clock::Clock;
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
@@ -108,6 +123,9 @@ pub struct SimConfig {
     pub tx_log: Option<PathBuf>,
     /// Real seconds per device second; `None`: 1.0 with realistic timing, else [`Clock::FAST`].
     pub time_scale: Option<f64>,
+    /// A firmware file to write at flash 0x0 before the first power-on (the sectors it covers
+    /// are erased first, as esptool's write-flash does).
+    pub image: Option<Vec<u8>>,
 }
 
 impl SimConfig {
@@ -120,6 +138,7 @@ impl SimConfig {
             realistic_timing: false,
             tx_log: None,
             time_scale: None,
+            image: None,
         }
     }
 
@@ -226,6 +245,15 @@ pub enum SimError {
     #[error("simulator I/O error")]
     #[diagnostic(code(harness::sim::io))]
     Io(#[source] std::io::Error),
+    /// The image does not fit the board's flash.
+    #[error("the image is {len} bytes, larger than the board's {flash} bytes of flash")]
+    #[diagnostic(code(harness::sim::image_size))]
+    ImageTooLarge {
+        /// Image length.
+        len: usize,
+        /// Flash size.
+        flash: u32,
+    },
     /// The time scale is not usable.
     #[error("time scale {0} is out of range")]
     #[diagnostic(
@@ -331,7 +359,10 @@ impl SimHandle {
             .flash
             .clone()
             .unwrap_or_else(|| dir.path().join("flash.bin"));
-        let flash = open_flash(&flash_path, board.flash_size)?;
+        let mut flash = open_flash(&flash_path, board.flash_size)?;
+        if let Some(image) = &config.image {
+            write_image(&mut flash, image)?;
+        }
         let control_path = dir.path().join("control.sock");
         let listener = bind_control(&control_path)?;
         let pty = pty::Pty::open()?;
@@ -467,6 +498,21 @@ fn board_ip() -> Ipv4Addr {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let n = u64::from(std::process::id()) * 7 + NEXT.fetch_add(1, Ordering::Relaxed);
     Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
+}
+
+fn write_image(flash: &mut Flash, image: &[u8]) -> Result<(), SimError> {
+    if image.len() > flash.size() as usize {
+        return Err(SimError::ImageTooLarge {
+            len: image.len(),
+            flash: flash.size(),
+        });
+    }
+    let sector = crate::flash::proto::FLASH_SECTOR_SIZE as usize;
+    for at in (0..image.len()).step_by(sector) {
+        flash.erase_sector(at as u32).map_err(SimError::Io)?;
+    }
+    flash.program(0, image).map_err(SimError::Io)?;
+    Ok(())
 }
 
 fn open_flash(path: &Path, size: u32) -> Result<Flash, SimError> {
