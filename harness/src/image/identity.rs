@@ -138,7 +138,9 @@ pub struct Identity {
     version: String,
     ota: Ota,
     fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     core: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     password: Option<String>,
 }
 

@@ -636,6 +636,16 @@ impl RefFw {
 
     /// Handles one OTA request; returns the answer and the flash busy time before it.
     fn ota(&mut self, hw: &mut Hw, request: OtaRequest) -> (OtaReply, Duration) {
+        let was_blocked = self.blocked;
+        let (answer, busy) = self.updater(hw, request);
+        if was_blocked && !self.blocked {
+            // The loop runs again and reads the button as it is now.
+            self.sync_raw(hw.gpio0_low, hw.now);
+        }
+        (answer, busy)
+    }
+
+    fn updater(&mut self, hw: &mut Hw, request: OtaRequest) -> (OtaReply, Duration) {
         let mut flash = SimFlash {
             flash: &mut hw.flash,
             busy: Duration::ZERO,

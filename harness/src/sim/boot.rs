@@ -253,6 +253,31 @@ mod tests {
     }
 
     #[test]
+    fn a_plain_image_without_identity_runs_silently() {
+        let mut c = chip("sonoff-basic");
+        let img = plain_image(&[2408, 776, 632], 3);
+        let sum = img[img.len() - 1];
+        c.hw.flash.program(0, &img).unwrap();
+        c.power_on();
+        c.advance(std::time::Duration::from_secs(5));
+        let text = String::from_utf8_lossy(&tx_bytes(&c.take_output())).into_owned();
+        assert!(
+            text.ends_with(&format!("chksum 0x{sum:02x}\r\ncsum 0x{sum:02x}\r\n")),
+            "{text}"
+        );
+        assert!(!text.contains("ld"), "no eboot: {text}");
+        let status = c.status().to_string();
+        assert!(status.contains("state=app"), "{status}");
+        assert!(status.contains("app=unknown fw_state=-"), "{status}");
+        assert!(!text.contains("csum err"));
+        assert_eq!(
+            c.status().uart_tx,
+            115_200,
+            "the core sets 115200 and stays silent"
+        );
+    }
+
+    #[test]
     fn bad_checksum_halts_with_csum_err() {
         let mut img = plain_image(&[1384], 3);
         let last = img.len() - 1;

@@ -36,6 +36,35 @@
 //! erase), and RTC memory, with the command, is gone. The next boot then runs whatever
 //! 0x0..0x1000 and the app region now hold; see [`super::app`] for what a half-copied app does.
 //!
+//! # The field report's Sonoff Basic (failure modes B and C)
+//!
+//! The seed shows, on the 1 MB Basic: `@cp:` and no digit, a reset by the user, then "very big
+//! traffic at a strange bit rate", and the EEPROM lost. The mechanism the simulator implements
+//! (test `four_mb_layout_on_a_1mb_basic_stages_over_the_eeprom`):
+//!
+//! 1. The app was built for 4 MB (header byte 3 says 4MB, the linker layout is a 4 MB one:
+//!    filesystem from 0x300000, EEPROM at 0x3FB000; protocols.md §E, failure-modes.md C).
+//!    [`super::app::linked_layout`] derives the layout from the header's size.
+//! 2. ArduinoOTA's `Update.begin(size)` stages the new image at `FS_start - round4k(size)`,
+//!    0x2F8000 for 32 KiB. A 1 MB chip ignores the upper address bits, so the staging lands at
+//!    0xF8000..0x100000: it overwrites the EEPROM (0xFB000), RF calibration (0xFC000) and SDK
+//!    parameters (0xFD000..) during the upload itself. That is the lost EEPROM.
+//! 3. eboot copies from 0x2F8000 (within the 4 MB the header announces, so the read wraps to
+//!    the staged bytes): a 300 KiB image takes about 4 s with the watchdog off and nothing on
+//!    the serial port after `@cp:`, which looks like a hang.
+//! 4. A reset or power cut during the copy leaves the app half new, half old; its next boots
+//!    crash and restart in a loop, shown as ROM lines and garbage at one rate and crash dumps and
+//!    garbage at the other (the "strange bit rate").
+//!
+//! Doubts, stated: core 2.1.0 and later refuse a 4 MB header on a 1 MB chip (`Update.begin`
+//! error 8, `Update.end` error 9; PR #1259), so this path needs an image built with
+//! `--core 2.0.0` or older (`CoreModel::PRE_2_1`), while the seed's eboot (len 1384) and
+//! `v3ffe903d` point to a newer 2.x core; and the seed used the HTTP update server, whose
+//! staging sits right after the running sketch (it begins with all free space) and does not
+//! wrap. The seed's lost EEPROM may therefore have another cause (an erase-all serial flash
+//! is the other candidate the shared docs name). The simulator models the mechanism above
+//! because it is the one the facts allow for a 4 MB image on this board.
+//!
 //! # SPI reads beyond the chip
 //!
 //! The ROM's `SPIRead` fails for addresses past the flash size it was configured with, which
