@@ -146,6 +146,14 @@ pub fn parse(bytes: &[u8]) -> BootLog {
     p.finish()
 }
 
+/// Parses one line (without its `\n`) and calls `emit` with each event and the bytes that show
+/// it, for consumers that see a live stream one line at a time (the capture's baud follower).
+/// The same rules as [`parse`]; a line can yield several events (`@cp:0` + `ld`, garbage + a
+/// banner).
+pub fn parse_line(line: &[u8], mut emit: impl FnMut(Event, &[u8])) {
+    line::parse_line(line, &mut emit);
+}
+
 /// Parses a capture from a reader in fixed-size chunks: constant memory for any length.
 pub fn parse_reader(mut reader: impl std::io::Read) -> std::io::Result<BootLog> {
     let mut parser = Parser::new();

@@ -2,6 +2,9 @@
 
 mod firmware;
 mod image;
+mod monitor;
+mod ota;
+mod scenario;
 mod sim;
 mod triage;
 
@@ -33,8 +36,15 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
+    #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
+    Ota(ota::OtaArgs),
+    /// Check scenario files, or run them on a rig and write a run folder.
+    Scenario(scenario::ScenarioArgs),
     /// Run a virtual Sonoff board on a pseudo-terminal.
     Sim(sim::SimArgs),
+    /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -59,6 +69,9 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Ota(args) => ota::run(args),
+        Command::Scenario(args) => scenario::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }
