@@ -237,8 +237,11 @@ impl App {
 
     /// The next device time something is due.
     pub fn deadline(&self) -> Option<Duration> {
+        // A scheduled crash restart stops the sketch; setup has to run first; a hung sketch
+        // does nothing.
+        let runs = self.setup_at.is_none() && !self.hung && self.restart_at.is_none();
         let fw = match &self.kind {
-            Kind::Reference(fw) if self.setup_at.is_none() && !self.hung => fw.deadline(),
+            Kind::Reference(fw) if runs => fw.deadline(),
             _ => None,
         };
         [self.setup_at, self.restart_at.map(|(t, _)| t), fw]
@@ -252,7 +255,13 @@ impl App {
         match &self.kind {
             Kind::Reference(fw) => {
                 let b = behaviour();
-                let state = if self.hung { "HUNG" } else { fw.state.name() };
+                let state = if self.setup_at.is_some() {
+                    "BOOT"
+                } else if self.hung {
+                    "HUNG"
+                } else {
+                    fw.state.name()
+                };
                 format!(
                     "app={} version={} fw_state={state} relay={} led={}",
                     b.identity.app,

@@ -22,7 +22,8 @@
 //! - `eboot-copy`: `sector=N/M` (N sectors of M copied), e.g.
 //!   `... state=eboot-copy ... rtc_cmd=yes sector=3/8`;
 //! - `app`: `app=sonoff-ota version=1.0.0 fw_state=RUN relay=off led=on` for the reference
-//!   firmware (`fw_state` is `RUN`, `UPDATE` or `HUNG`), `app=other`, `app=unknown` (no identity
+//!   firmware (`fw_state` is `BOOT` before its `setup()`, then `RUN`, `UPDATE` or `HUNG`),
+//!   `app=other`, `app=unknown` (no identity
 //!   record) or `app=crashing` with `fw_state=-` otherwise.
 
 use std::fmt;

@@ -569,9 +569,12 @@ fn run_chip(
         flush(&mut chip);
         let event = match chip.next_deadline() {
             Some(due) => {
+                // At least a moment: a deadline that a model bug failed to consume must not
+                // spin the thread.
                 let wait = clock
                     .instant_at(due)
-                    .saturating_duration_since(std::time::Instant::now());
+                    .saturating_duration_since(std::time::Instant::now())
+                    .max(std::time::Duration::from_micros(100));
                 match events.recv_timeout(wait) {
                     Ok(event) => event,
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
