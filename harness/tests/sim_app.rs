@@ -204,11 +204,11 @@ fn triage_class(capture: &[u8]) -> String {
 #[test]
 fn healthy_boot_at_both_rates_triages_healthy() {
     let image = fixture("sonoff-ota-1.0.0-webserver.bin");
-    // Device time at real speed: the app's setup() comes 100 ms after `ld`, the window in
-    // which the reader switches to 115200.
-    let sim = Sim::start("sonoff-4ch", &image, &["--time-scale", "1"]);
+    // Device time at half speed: the app's setup() comes 100 device ms (200 ms) after `ld`,
+    // the window in which the reader switches to 115200.
+    let sim = Sim::start("sonoff-4ch", &image, &["--time-scale", "2"]);
     assert!(
-        sim.endpoints.contains(&"time-scale: 1".to_string()),
+        sim.endpoints.contains(&"time-scale: 2".to_string()),
         "{:?}",
         sim.endpoints
     );

@@ -37,12 +37,16 @@ fn esptool() -> PathBuf {
 }
 
 fn build(version: &str, core: &str) -> Vec<u8> {
+    build_sized(version, core, 32 * 1024)
+}
+
+fn build_sized(version: &str, core: &str, size: usize) -> Vec<u8> {
     let id = Identity::new("sonoff-ota", version, Ota::Webserver, None)
         .unwrap()
         .with_core(core)
         .unwrap();
     image::build(&BuildSpec {
-        size: 32 * 1024,
+        size,
         ..BuildSpec::new(id)
     })
     .unwrap()
@@ -243,8 +247,9 @@ fn seed_4ch_attempt_2_the_second_upload_copies_and_loads() {
     bytes[..old.len()].copy_from_slice(&old);
     std::fs::write(&flash, bytes).unwrap();
     config.flash = Some(flash);
-    // Real-speed device time: the app starts 100 ms after `ld`, time to switch to 115200.
-    config.time_scale = Some(1.0);
+    // Device time at half speed: the app starts 100 device ms (200 ms) after `ld`, time for
+    // the reader to switch to 115200.
+    config.time_scale = Some(2.0);
     let sim = SimHandle::start(config).unwrap();
     let fw = sim.firmware_port();
     let generation = enter_update(&sim, &fw);
@@ -280,8 +285,11 @@ fn a_copy_cut_by_power_loss_leaves_a_crashing_half_copied_app() {
         let mut config = SimConfig::new(board::find("sonoff-basic").unwrap());
         let work = tempfile::tempdir().unwrap();
         let flash = work.path().join("flash.bin");
+        // 32 sectors: after the status shows sector 3, the copy has 29 more to go (1.6 s at
+        // real speed), time enough for the `power off` to land inside it.
+        let size = 128 * 1024;
         let mut bytes = vec![0xFF; 1 << 20];
-        let old = build("1.0.0", "3.1.2");
+        let old = build_sized("1.0.0", "3.1.2", size);
         bytes[..old.len()].copy_from_slice(&old);
         std::fs::write(&flash, bytes).unwrap();
         config.flash = Some(flash);
@@ -294,10 +302,10 @@ fn a_copy_cut_by_power_loss_leaves_a_crashing_half_copied_app() {
             assert_eq!(control(&sim, "fault power-cut-during-copy 3"), "ok");
         }
         let mut port = Port::open(&sim, 74_880);
-        http_upload(&fw, generation, &build("2.0.0", "3.1.2"));
+        http_upload(&fw, generation, &build_sized("2.0.0", "3.1.2", size));
         port.read_until("@cp:");
         if manual {
-            let status = wait_status(&sim, "sector=3/8");
+            let status = wait_status(&sim, "sector=3/32");
             assert!(status.contains("state=eboot-copy"), "{status}");
             assert_eq!(control(&sim, "power off"), "ok");
         } else {
