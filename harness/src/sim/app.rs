@@ -47,7 +47,18 @@
 //! request's answer waits for the flash busy time (erase 45 ms per sector, program 0.7 ms per
 //! page). The core model ([`CoreModel::for_version`]) comes from the identity's `core=` word
 //! (3.1.2 when absent), the linked flash layout from the running header's flash size
-//! ([`linked_layout`]), the strap value from the latched boot mode.
+//! ([`linked_layout`]), the strap value from the latched boot mode. The service's password is
+//! the identity record's `password=` word (`harness image make --password`, a test-image
+//! convenience standing for the build's `SMN_OTA_PASSWORD`); the `no-ota` fault enters UPDATE
+//! without starting the service.
+//!
+//! # Button
+//!
+//! The `button down`/`up` control lines are the raw GPIO0 level; the sketch's `pollButton`
+//! runs at every edge and timer: the level must be stable for `button.debounce_ms`, a press
+//! held `button.long_press_ms` (counted from its raw edge) enters UPDATE while still held, a
+//! shorter one toggles the relay in RUN and leaves UPDATE. While an upload runs the loop is
+//! blocked: edges are read again when it ends, and the UPDATE timeout waits.
 
 use std::sync::mpsc::Sender;
 use std::time::Duration;
