@@ -20,6 +20,10 @@
 //!   built-in faults), other images, and crash loops of broken ones.
 //! - [`net`]: the firmware's OTA service as the OTA servers see it, reached through a
 //!   `FirmwarePort`; [`clock`]: device time against real time.
+//! - `ota_http`, `ota_espota`: the OTA libraries' network side (ESP8266WebServer with
+//!   ESP8266HTTPUpdateServer, ArduinoOTA) on the board's own loopback address ([`BoardAddress`],
+//!   127.0.0.x), listening only while the firmware has its OTA service started; `ota_link`: what
+//!   they need from the firmware and their threads.
 //! - [`flash_model`]: NOR flash of the board's real size in a file (or memory), addresses
 //!   wrapping, writes going straight to the file.
 //! - [`uart`]: bytes read at the wrong baud rate become what a real UART delivers. The ROM
@@ -29,8 +33,8 @@
 //!
 //! # Running it
 //!
-//! [`SimHandle::start`] runs the board on threads (chip, pty reader, pty writer, control socket)
-//! and powers it on. `harness sim` wraps it and prints the endpoints as the first stdout lines,
+//! [`SimHandle::start`] runs the board on threads (chip, pty reader, pty writer, control socket,
+//! HTTP update server, ArduinoOTA) and powers it on. `harness sim` wraps it and prints the endpoints as the first stdout lines,
 //! `name: value` each, ending with an empty line:
 //!
 //! ```text
@@ -39,8 +43,13 @@
 //! flash: /tmp/.tmpAbC123/flash.bin
 //! tx-log: /tmp/capture.bin        (only with --tx-log)
 //! time-scale: 0.05
+//! http: 127.0.0.57:41023           (HTTP update server: the board's port 80)
+//! ota: 127.0.0.57:52871            (ArduinoOTA UDP: the board's port 8266)
 //!
 //! ```
+//!
+//! The board's address and both ports are chosen free at start and stay for the life of the
+//! simulator; outside UPDATE the TCP port refuses connections and the UDP port is silent.
 //!
 //! The control protocol (socket and stdin) is described in [`control`]. The board starts
 //! powered, with the button held if the boot straps say download, and stays so until told
@@ -83,7 +92,7 @@ pub(crate) mod stub;
 pub mod uart;
 
 use std::fs::OpenOptions;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -99,6 +108,7 @@ use self::clock::Clock;
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
 use self::net::{NetShared, OtaReply, OtaRequest};
+use self::ota_link::{FirmwareLink, OtaServers};
 pub(crate) use self::port::FirmwarePort;
 pub use self::port::ServicePorts;
 
@@ -174,6 +184,10 @@ pub struct Endpoints {
     pub time_scale: f64,
     /// The board's own network address.
     pub ip: Ipv4Addr,
+    /// The HTTP update server's address (the board's port 80), listening only in UPDATE.
+    pub http: SocketAddrV4,
+    /// The ArduinoOTA UDP address (the board's port 8266), answering only in UPDATE.
+    pub ota: SocketAddrV4,
 }
 
 impl Endpoints {
@@ -188,6 +202,8 @@ impl Endpoints {
             lines.push(format!("tx-log: {}", log.display()));
         }
         lines.push(format!("time-scale: {}", self.time_scale));
+        lines.push(format!("http: {}", self.http));
+        lines.push(format!("ota: {}", self.ota));
         lines
     }
 }
@@ -334,6 +350,7 @@ pub struct SimHandle {
     control: SimControl,
     #[allow(dead_code, reason = "handed to the OTA servers")]
     firmware: FirmwarePort,
+    ota: Option<OtaServers>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -373,17 +390,22 @@ impl SimHandle {
         let control_path = dir.path().join("control.sock");
         let listener = bind_control(&control_path)?;
         let pty = pty::Pty::open()?;
+        let address = BoardAddress::pick().map_err(SimError::Io)?;
         let endpoints = Endpoints {
             pty: pty.path().to_path_buf(),
             control: control_path,
             flash: flash_path,
             tx_log: config.tx_log.clone(),
             time_scale: scale,
-            ip: board_ip(),
+            ip: address.ip(),
+            http: address.http,
+            ota: address.espota,
         };
         let net = Arc::new(NetShared::new(endpoints.ip));
 
         let ports = Arc::new(ServicePorts::default());
+        ports.set_http(address.http.port());
+        ports.set_ota(address.espota.port());
         let mut chip = Chip::new(board, flash, config.realistic_timing);
         chip.hw.net = Some(NetLink {
             shared: Arc::clone(&net),
@@ -446,10 +468,13 @@ impl SimHandle {
                 Box::new(move || control::serve(listener, control, stop)),
             )?);
         }
+        let link: Arc<dyn FirmwareLink> = Arc::new(firmware.clone());
+        let ota = OtaServers::start(link, address, board.layout.clone()).map_err(SimError::Io)?;
         Ok(SimHandle {
             endpoints,
             control,
             firmware,
+            ota: Some(ota),
             stop,
             threads,
             _dir: dir,
@@ -484,6 +509,10 @@ impl SimHandle {
     }
 
     fn stop_threads(&mut self) {
+        // The OTA servers first: they may be waiting for the chip thread.
+        if let Some(mut ota) = self.ota.take() {
+            ota.shutdown();
+        }
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.control.events.send(Event::Shutdown);
         for t in self.threads.drain(..) {
@@ -496,15 +525,6 @@ impl Drop for SimHandle {
     fn drop(&mut self) {
         self.stop_threads();
     }
-}
-
-/// A loopback address of its own for each simulator: the low bits of the process id plus a
-/// per-process counter, in 127.0.0.2..=127.0.0.254 (collisions only cost uniqueness, never a
-/// port: the servers pick free ports).
-fn board_ip() -> Ipv4Addr {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let n = u64::from(std::process::id()) * 7 + NEXT.fetch_add(1, Ordering::Relaxed);
-    Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
 }
 
 fn write_image(flash: &mut Flash, image: &[u8]) -> Result<(), SimError> {

@@ -37,6 +37,20 @@ pub(crate) trait FirmwareLink: Send + Sync + 'static {
     fn real(&self, device: Duration) -> Duration;
 }
 
+impl FirmwareLink for super::port::FirmwarePort {
+    fn request(&self, generation: u64, request: OtaRequest) -> OtaReply {
+        super::port::FirmwarePort::request(self, generation, request)
+    }
+
+    fn net(&self) -> &NetShared {
+        super::port::FirmwarePort::net(self)
+    }
+
+    fn real(&self, device: Duration) -> Duration {
+        self.clock().real(device)
+    }
+}
+
 /// The service ended under a running exchange (restart, power cut, UPDATE left) or the
 /// simulator stops: the server drops what it holds, silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
