@@ -247,14 +247,63 @@ fn failing_step_exits_1_and_the_report_says_what_was_seen() {
     assert_eq!(report["runs"][0]["steps"][2]["status"], "not-run");
 }
 
+/// A `harness sim` child; killed on drop.
+struct RunningSim(std::process::Child);
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn scenarios_the_virtual_rig_cannot_serve_are_skipped() {
+    use std::io::BufRead;
+    // A simulator the rig attaches to by its control socket and pty only: the rig knows no OTA
+    // address for it (a started simulator's `http:`/`ota:` endpoints would give one).
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["sim", "--board", "sonoff-4ch"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start harness sim");
+    let stdout = child.stdout.take().unwrap();
+    let sim = RunningSim(child);
+    let mut endpoints = std::collections::HashMap::new();
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(": ").unwrap();
+        endpoints.insert(k.to_string(), v.to_string());
+    }
     let tmp = tempfile::tempdir().unwrap();
+    let rig = tmp.path().join("attached.toml");
+    std::fs::write(
+        &rig,
+        format!(
+            "description = \"an attached simulator\"\n\n[[board]]\nname = \"4ch\"\nkind = \"sonoff-4ch\"\n\
+             backend = \"virtual\"\n\n[board.sim]\ncontrol = \"{}\"\npty = \"{}\"\n",
+            endpoints["control"], endpoints["pty"]
+        ),
+    )
+    .unwrap();
     let file = repo_root().join("scenarios/seed-4ch-remedy.toml");
     let out = harness_in(
         tmp.path(),
-        &["scenario", "run", file.to_str().unwrap(), "--out", "out"],
+        &[
+            "scenario",
+            "run",
+            file.to_str().unwrap(),
+            "--rig",
+            rig.to_str().unwrap(),
+            "--out",
+            "out",
+        ],
     );
+    drop(sim);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stdout).contains("the virtual rig for sonoff-4ch lacks ota-webserver"),
