@@ -850,3 +850,74 @@ fn raw_requests_follow_the_web_server() {
     assert!(all.is_empty(), "{all:?}");
     assert!(rig.fw.requests().is_empty());
 }
+
+#[test]
+fn espota_ignores_a_second_invitation_and_reports_a_receive_timeout() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, UdpSocket};
+    let rig = Rig::start(OtaMethod::Arduino);
+    let (_, new) = rig.new_image(OtaMethod::Arduino);
+    rig.fw.enter_update(OtaMethod::Arduino, None);
+    let device = SocketAddr::V4(rig.addr.espota);
+    let md5 = crate::ota::proto::md5_hex(&new);
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let invitation = format!("0 {port} {} {md5}\n", new.len());
+    let mut buf = [0u8; 64];
+    let wait = Instant::now() + Duration::from_secs(10);
+    loop {
+        udp.send_to(invitation.as_bytes(), device).unwrap();
+        if let Ok((n, _)) = udp.recv_from(&mut buf) {
+            assert_eq!(&buf[..n], b"OK");
+            break;
+        }
+        assert!(Instant::now() < wait, "no answer");
+    }
+    let (mut conn, _) = host.accept().unwrap();
+
+    // A second uploader while this one runs: ArduinoOTA does not answer it.
+    let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    other.send_to(invitation.as_bytes(), device).unwrap();
+    assert!(
+        other.recv_from(&mut buf).is_err(),
+        "second invitation answered"
+    );
+
+    // Nothing sent for longer than receive_timeout_ms (1 s device, 50 ms here): reported, and
+    // the device goes on waiting while the host stays connected.
+    let wait = Instant::now() + Duration::from_secs(10);
+    while !rig.fw.serial().contains("OTA error receive\r\n") {
+        assert!(Instant::now() < wait, "{}", rig.fw.serial());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut replies = Vec::new();
+    for chunk in new.chunks(1460) {
+        conn.write_all(chunk).unwrap();
+        let n = conn.read(&mut buf).unwrap();
+        replies.extend_from_slice(&buf[..n]);
+    }
+    let mut rest = Vec::new();
+    conn.read_to_end(&mut rest).unwrap();
+    replies.extend_from_slice(&rest);
+    assert_eq!(
+        String::from_utf8_lossy(&replies),
+        format!("{}OK", expected_acks(new.len()))
+    );
+    rig.fw.wait_request("restart");
+    let begins = rig
+        .fw
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("begin"))
+        .count();
+    assert_eq!(begins, 1);
+    assert_eq!(rig.fw.flash(0, new.len()), new);
+}
