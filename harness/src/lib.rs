@@ -4,11 +4,11 @@
 //!
 //! | layer | modules | rules |
 //! |---|---|---|
-//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`image`], [`ota`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
-//! | L1 clients | | talk to a device over a byte link or a socket |
+//! | L0 pure | [`board`], [`bootlog`], [`firmware`], [`flash::proto`], [`image`], [`ota::proto`], [`ota::multipart`], [`ota::updater`], [`triage`] | no I/O, no clock, no threads: bytes in, values out |
+//! | L1 clients | [`ota::espota`], [`ota::http`] | talk to a device over a byte link or a socket |
 //! | L2 rig | [`rig`], [`capture`] | power, GPIO0 and serial of one board, hardware or virtual; every byte the board sends on disk |
 //! | L3 runner | | scenarios: drive a rig, capture, triage, report |
-//! | beside | | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
+//! | beside | [`sim`] | the virtual Sonoff; uses L0 only, reached through a pty and loopback sockets |
 //!
 //! A device failure (boot loop, watchdog, bad checksum) is data in a report; a harness failure
 //! (unreadable file, vanished port) is an `Err`.
@@ -19,7 +19,9 @@ pub mod board;
 pub mod bootlog;
 pub mod capture;
 pub mod firmware;
+pub mod flash;
 pub mod image;
 pub mod ota;
 pub mod rig;
+pub mod sim;
 pub mod triage;

@@ -1,14 +1,15 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+pub mod image;
 pub mod monitor;
+mod ota;
+mod sim;
 pub mod triage;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-pub mod image;
 
 /// Result of a subcommand: an exit code, or a harness error rendered by miette.
 pub type CmdResult = miette::Result<ExitCode>;
@@ -36,6 +37,11 @@ pub enum Command {
     Firmware(firmware::FirmwareArgs),
     /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
     Monitor(monitor::MonitorArgs),
+    /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
+    #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
+    Ota(ota::OtaArgs),
+    /// Run a virtual Sonoff board on a pseudo-terminal.
+    Sim(sim::SimArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -61,5 +67,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Monitor(args) => monitor::run(args),
+        Command::Ota(args) => ota::run(args),
+        Command::Sim(args) => sim::run(args),
     }
 }

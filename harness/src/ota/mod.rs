@@ -1,17 +1,30 @@
-//! Over-the-air update protocols of the Arduino core, as pure codecs.
+//! Over-the-air updates of the Arduino core: the protocol codecs and the harness's clients.
 //!
+//! Codecs (layer L0: bytes in, values out; no sockets, no clock):
 //! - [`proto`]: ArduinoOTA / espota.py: UDP invitation, MD5 challenge, TCP acknowledgements.
 //! - [`multipart`]: the `multipart/form-data` upload to ESP8266HTTPUpdateServer, built on the
 //!   host side and parsed incrementally on the device side.
 //! - [`updater`]: the core's `Updater` (checks, error codes, staging, eboot command).
 //!
-//! Layer L0: bytes in, values out; no sockets, no clock, no imports from `rig`, `sim` or any
-//! other layer above. The OTA clients and the simulator's OTA servers sit on top of these codecs
-//! and must not re-implement them.
+//! Clients (layer L1: blocking std sockets and the clock, given a `SocketAddr`):
+//! - [`espota`]: the ArduinoOTA uploader (UDP invitation, TCP back-connect).
+//! - [`http`]: the multipart POST to `/update`.
+//! - [`client`]: what both share (payload, progress [`Event`]s, [`Cancel`], [`Delivered`]);
+//!   both fail with one [`OtaError`].
+//!
+//! Nothing here imports `rig`, `sim` or any other layer above. The clients and the simulator's
+//! OTA servers sit on top of the codecs and must not re-implement them.
 
+pub mod client;
+mod error;
+pub mod espota;
+pub mod http;
 pub mod multipart;
 pub mod proto;
 pub mod updater;
+
+pub use client::{Cancel, Delivered, Event, Password, Payload};
+pub use error::{OtaError, Phase, ResponseProblem};
 
 /// A malformed OTA message, upload body or eboot command block.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, miette::Diagnostic)]

@@ -1,0 +1,196 @@
+//! The control channel: what a rig would do with relays and transistors, as text lines.
+//!
+//! Grammar: one command per line, `verb [argument…]`, words separated by spaces, case-insensitive.
+//! Every command gets exactly one answer line: `ok`, `ok <key=value …>` or `error: <reason>`.
+//! Adding a command (fault knobs, say) means adding a [`ControlCommand`] variant, a line in
+//! [`parse`] and its handling in the chip thread; the answer format stays the same.
+//!
+//! | line | effect |
+//! |---|---|
+//! | `power on` / `power off` / `power cycle` | switch the board's supply; `on` when already on changes nothing |
+//! | `button down` / `button up` | hold or release the button on GPIO0 (the boot strap) |
+//! | `reset` | pulse RST/EN (an external reset: straps sampled, rst cause 2) |
+//! | `status` | `ok power=on button=up boot_mode=1,6 rst_cause=1 state=rom-download soft_started=no uart_tx=74880 uart_rx=auto` |
+//!
+//! `state` is one of `off`, `rom-download`, `stub`, `ram-code`, `halted`, `flash-image`.
+
+use std::fmt;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use super::SimControl;
+
+/// A control command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// Switch power on.
+    PowerOn,
+    /// Switch power off.
+    PowerOff,
+    /// Switch power off and on again.
+    PowerCycle,
+    /// Press (`true`) or release the GPIO0 button.
+    Button(bool),
+    /// Pulse the reset pin.
+    Reset,
+    /// Report the chip's state.
+    Status,
+}
+
+/// The answer to a control command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Done; optional `key=value` details.
+    Ok(Option<String>),
+    /// Not done, and why.
+    Error(String),
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Ok(None) => f.write_str("ok"),
+            Reply::Ok(Some(detail)) => write!(f, "ok {detail}"),
+            Reply::Error(reason) => write!(f, "error: {reason}"),
+        }
+    }
+}
+
+const USAGE: &str = "power on|off|cycle, button down|up, reset, status";
+
+/// Parses one control line.
+pub fn parse(line: &str) -> Result<ControlCommand, String> {
+    let words: Vec<String> = line
+        .split_whitespace()
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let words: Vec<&str> = words.iter().map(String::as_str).collect();
+    match words.as_slice() {
+        ["power", "on"] => Ok(ControlCommand::PowerOn),
+        ["power", "off"] => Ok(ControlCommand::PowerOff),
+        ["power", "cycle"] => Ok(ControlCommand::PowerCycle),
+        ["button", "down"] => Ok(ControlCommand::Button(true)),
+        ["button", "up"] => Ok(ControlCommand::Button(false)),
+        ["reset"] => Ok(ControlCommand::Reset),
+        ["status"] => Ok(ControlCommand::Status),
+        [] => Err(format!("empty command (expected {USAGE})")),
+        ["power" | "button", rest @ ..] => Err(format!(
+            "bad argument `{}` for `{}` (expected {USAGE})",
+            rest.join(" "),
+            words[0]
+        )),
+        _ => Err(format!(
+            "unknown command `{}` (expected {USAGE})",
+            line.trim()
+        )),
+    }
+}
+
+/// Serves the control protocol on `listener` until `stop` is set; one thread per connection.
+pub(crate) fn serve(listener: UnixListener, control: SimControl, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(50u16)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::error!("control socket poll failed: {e}");
+                return;
+            }
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let control = control.clone();
+                let stop = Arc::clone(&stop);
+                let spawned = std::thread::Builder::new()
+                    .name("sim-control-conn".into())
+                    .spawn(move || serve_connection(stream, control, stop));
+                if let Err(e) = spawned {
+                    tracing::error!("cannot start a control connection thread: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::warn!("control socket accept failed: {e}"),
+        }
+    }
+}
+
+fn serve_connection(stream: UnixStream, control: SimControl, stop: Arc<AtomicBool>) {
+    // A read timeout lets the thread notice a shutdown while a client idles.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) => {
+                let answer = control.send_line(&line);
+                line.clear();
+                if writeln!(writer, "{answer}")
+                    .and_then(|()| writer.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            // Partial input read so far stays in `line`; keep waiting for the newline.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(parse("power on"), Ok(ControlCommand::PowerOn));
+        assert_eq!(parse("  POWER   Cycle \n"), Ok(ControlCommand::PowerCycle));
+        assert_eq!(parse("power off"), Ok(ControlCommand::PowerOff));
+        assert_eq!(parse("button down"), Ok(ControlCommand::Button(true)));
+        assert_eq!(parse("button up"), Ok(ControlCommand::Button(false)));
+        assert_eq!(parse("reset"), Ok(ControlCommand::Reset));
+        assert_eq!(parse("status"), Ok(ControlCommand::Status));
+    }
+
+    #[test]
+    fn bad_lines_name_the_problem() {
+        assert!(
+            parse("power sideways")
+                .unwrap_err()
+                .contains("bad argument `sideways` for `power`")
+        );
+        assert!(
+            parse("explode")
+                .unwrap_err()
+                .contains("unknown command `explode`")
+        );
+        assert!(parse("").unwrap_err().contains("empty command"));
+    }
+
+    #[test]
+    fn replies_render_as_lines() {
+        assert_eq!(Reply::Ok(None).to_string(), "ok");
+        assert_eq!(
+            Reply::Ok(Some("power=on".into())).to_string(),
+            "ok power=on"
+        );
+        assert_eq!(Reply::Error("nope".into()).to_string(), "error: nope");
+    }
+}

@@ -1,0 +1,345 @@
+//! The simulated UART cable: a pseudo-terminal whose slave is the board's serial port.
+//!
+//! - The simulator keeps its own descriptor of the slave open for its whole life, so a client
+//!   closing and reopening the port never makes the master read fail with EIO (hangup).
+//! - The host's baud rate is whatever the client set on the slave; it is read with `TCGETS2`
+//!   (termios2), which also reports the arbitrary rates (74880) that pyserial and the serialport
+//!   crate set with `BOTHER`. Bytes pass through [`super::uart::resample`] in both directions.
+//! - Bytes the chip sends while nobody reads stay in the pty buffer, like in a USB-UART bridge's
+//!   buffer; clients flush their input after opening (esptool does). When the buffer stays full
+//!   for [`WRITE_STALL`], further bytes are dropped, as a UART with nobody listening loses them.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::termios::{self, SetArg};
+
+use crate::flash::proto::ROM_PRINT_BAUD;
+
+use super::chip::Output;
+use super::uart;
+use super::{Event, SimError};
+
+/// How long a write may wait for room in the pty before the bytes are dropped.
+pub const WRITE_STALL: Duration = Duration::from_secs(2);
+/// Poll interval of the reader and the sleeps, so the threads notice a shutdown promptly.
+const TICK: Duration = Duration::from_millis(50);
+/// Largest piece written (and paced) at once.
+const SLICE: usize = 256;
+
+/// The pseudo-terminal pair.
+#[derive(Debug)]
+pub struct Pty {
+    master: OwnedFd,
+    slave: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+impl Pty {
+    /// Opens a pty in raw mode at 74880 baud.
+    pub fn open() -> Result<Pty, SimError> {
+        let pair = nix::pty::openpty(None, None).map_err(SimError::Pty)?;
+        let path = nix::unistd::ttyname(&pair.slave).map_err(SimError::Pty)?;
+        let mut t = termios::tcgetattr(&pair.slave).map_err(SimError::Pty)?;
+        termios::cfmakeraw(&mut t);
+        termios::tcsetattr(&pair.slave, SetArg::TCSANOW, &t).map_err(SimError::Pty)?;
+        set_speed(pair.slave.as_fd(), ROM_PRINT_BAUD);
+        let flags = fcntl(&pair.master, FcntlArg::F_GETFL).map_err(SimError::Pty)?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(&pair.master, FcntlArg::F_SETFL(flags)).map_err(SimError::Pty)?;
+        Ok(Pty {
+            master: pair.master,
+            slave: Arc::new(pair.slave),
+            path,
+        })
+    }
+
+    /// Path of the slave (`/dev/pts/N`).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// A handle to read the host's rate from (shares the kept-open slave descriptor).
+    pub fn rate_probe(&self) -> RateProbe {
+        RateProbe {
+            slave: Arc::clone(&self.slave),
+        }
+    }
+
+    /// Splits into the master descriptors for the reader and the writer thread.
+    pub fn into_parts(self) -> Result<(OwnedFd, OwnedFd, RateProbe), SimError> {
+        let probe = self.rate_probe();
+        let writer = self.master.try_clone().map_err(SimError::Io)?;
+        Ok((self.master, writer, probe))
+    }
+}
+
+/// Reads the baud rate the host side configured on the slave.
+#[derive(Debug, Clone)]
+pub struct RateProbe {
+    slave: Arc<OwnedFd>,
+}
+
+impl RateProbe {
+    /// The host's output rate, or `None` if it cannot be read.
+    pub fn host_baud(&self) -> Option<u32> {
+        get_speed(self.slave.as_fd())
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn get_speed(fd: BorrowedFd<'_>) -> Option<u32> {
+    // SAFETY: termios2 is plain old data; TCGETS2 fills it for a tty descriptor and fails
+    // cleanly otherwise.
+    let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t) };
+    (r == 0).then_some(t.c_ospeed)
+}
+
+#[cfg(target_os = "linux")]
+fn set_speed(fd: BorrowedFd<'_>, baud: u32) {
+    // SAFETY: as in get_speed; TCSETS2 only reads the struct we pass.
+    let mut t: libc::termios2 = unsafe { std::mem::zeroed() };
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCGETS2, &mut t) } != 0 {
+        return;
+    }
+    t.c_cflag = (t.c_cflag & !libc::CBAUD) | libc::BOTHER;
+    t.c_ispeed = baud;
+    t.c_ospeed = baud;
+    // A failure only leaves the default rate, which a client overrides anyway.
+    let _ = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TCSETS2, &t) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn get_speed(_fd: BorrowedFd<'_>) -> Option<u32> {
+    None
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_speed(_fd: BorrowedFd<'_>, _baud: u32) {}
+
+/// Paces bytes on a line at a baud rate (10 bits per byte, 8N1).
+#[derive(Debug)]
+struct Pacer {
+    free_at: Instant,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Pacer {
+            free_at: Instant::now(),
+        }
+    }
+
+    /// Waits until the line is free, then books `n` bytes at `baud`.
+    fn book(&mut self, n: usize, baud: u32, stop: &dyn Fn() -> bool) {
+        sleep_until(self.free_at, stop);
+        let start = self.free_at.max(Instant::now());
+        self.free_at = start + byte_time(n, baud);
+    }
+}
+
+/// Time `n` bytes take on an 8N1 line at `baud`.
+pub fn byte_time(n: usize, baud: u32) -> Duration {
+    if baud == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(n as f64 * 10.0 / f64::from(baud))
+}
+
+fn sleep_until(deadline: Instant, stop: &dyn Fn() -> bool) {
+    loop {
+        let now = Instant::now();
+        if now >= deadline || stop() {
+            return;
+        }
+        std::thread::sleep((deadline - now).min(TICK));
+    }
+}
+
+/// Reads what the host writes and forwards it to the chip thread with the host's rate.
+pub fn run_reader(
+    master: OwnedFd,
+    probe: RateProbe,
+    events: Sender<Event>,
+    stop: Arc<AtomicBool>,
+    realistic: bool,
+) {
+    let mut buf = [0u8; 4096];
+    let mut pacer = Pacer::new();
+    let stopped = || stop.load(Ordering::Relaxed);
+    while !stopped() {
+        let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16)) {
+            Ok(0) | Err(Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("pty poll failed: {e}");
+                return;
+            }
+        }
+        match nix::unistd::read(&master, &mut buf) {
+            Ok(0) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
+            // Cannot happen while the slave is held open; be patient rather than spin.
+            Err(Errno::EIO) => std::thread::sleep(TICK),
+            Err(e) => {
+                tracing::error!("pty read failed: {e}");
+                return;
+            }
+            Ok(n) => {
+                let baud = probe.host_baud().unwrap_or(0);
+                if realistic {
+                    pacer.book(n, baud, &stopped);
+                    sleep_until(pacer.free_at, &stopped);
+                }
+                let bytes = buf[..n].to_vec();
+                if events
+                    .send(Event::Rx {
+                        bytes,
+                        host_baud: baud,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Puts the chip's output on the pty: resampled to the host's rate, logged, and paced.
+pub struct Writer {
+    /// Master descriptor to write to.
+    pub master: OwnedFd,
+    /// Host rate probe.
+    pub probe: RateProbe,
+    /// Current power/reset generation; older output is dropped.
+    pub epoch: Arc<AtomicU64>,
+    /// Optional log of every byte written.
+    pub tx_log: Option<File>,
+    /// Pace at the baud rate and honour busy delays.
+    pub realistic: bool,
+    /// Set on shutdown: stop pacing and drop what is left.
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Writer {
+    /// Runs until the output channel closes.
+    pub fn run(mut self, outputs: Receiver<Output>) {
+        let mut pacer = Pacer::new();
+        for item in outputs {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let current = || self.epoch.load(Ordering::Relaxed);
+            match item {
+                Output::Delay { duration, epoch } => {
+                    if epoch >= current() {
+                        let deadline = Instant::now() + duration;
+                        let epoch_now = current();
+                        sleep_until(deadline, &|| {
+                            self.epoch.load(Ordering::Relaxed) != epoch_now
+                        });
+                        pacer.free_at = pacer.free_at.max(Instant::now());
+                    }
+                }
+                Output::Tx { bytes, baud, epoch } => {
+                    if epoch < current() {
+                        continue;
+                    }
+                    let host = self.probe.host_baud().unwrap_or(baud);
+                    let wire = uart::resample(&bytes, baud, host);
+                    for slice in wire.chunks(SLICE) {
+                        if self.realistic {
+                            let stale = || {
+                                self.epoch.load(Ordering::Relaxed) != epoch
+                                    || self.stop.load(Ordering::Relaxed)
+                            };
+                            pacer.book(slice.len(), baud, &stale);
+                            if stale() {
+                                break;
+                            }
+                        }
+                        let written = self.write_slice(slice);
+                        if let Some(log) = self.tx_log.as_mut()
+                            && let Err(e) = log.write_all(&slice[..written])
+                        {
+                            tracing::error!("tx log write failed: {e}");
+                            self.tx_log = None;
+                        }
+                        if written < slice.len() {
+                            tracing::debug!("pty full: dropped {} bytes", wire.len() - written);
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes as much of `data` as the pty accepts within [`WRITE_STALL`]; returns the count.
+    fn write_slice(&self, data: &[u8]) -> usize {
+        let mut done = 0;
+        let deadline = Instant::now() + WRITE_STALL;
+        while done < data.len() {
+            match nix::unistd::write(&self.master, &data[done..]) {
+                Ok(n) => done += n,
+                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLOUT)];
+                    let wait = left.min(TICK).as_millis() as u16;
+                    let _ = poll(&mut fds, PollTimeout::from(wait));
+                }
+                Err(e) => {
+                    tracing::error!("pty write failed: {e}");
+                    break;
+                }
+            }
+        }
+        done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pty_reports_rates_set_by_a_client() {
+        let pty = Pty::open().unwrap();
+        let probe = pty.rate_probe();
+        assert_eq!(probe.host_baud(), Some(74_880), "starts at the ROM's rate");
+        let client = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(pty.path())
+            .unwrap();
+        set_speed(client.as_fd(), 115_200);
+        assert_eq!(probe.host_baud(), Some(115_200));
+        set_speed(client.as_fd(), 460_800);
+        drop(client);
+        assert_eq!(
+            probe.host_baud(),
+            Some(460_800),
+            "settings survive the client closing"
+        );
+    }
+
+    #[test]
+    fn byte_time_is_ten_bits_per_byte() {
+        assert_eq!(byte_time(11_520, 115_200), Duration::from_secs(1));
+        assert_eq!(byte_time(5, 0), Duration::ZERO);
+    }
+}
