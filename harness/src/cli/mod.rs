@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+mod flash;
 pub mod image;
 pub mod monitor;
 mod ota;
@@ -35,6 +36,9 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Write a firmware image through the ESP8266 ROM serial loader, reboot, verify.
+    #[command(long_about = flash::LONG_ABOUT, after_help = flash::EXAMPLES)]
+    Flash(flash::FlashArgs),
     /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
     Monitor(monitor::MonitorArgs),
     /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
@@ -66,6 +70,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Flash(args) => flash::run(args),
         Command::Monitor(args) => monitor::run(args),
         Command::Ota(args) => ota::run(args),
         Command::Sim(args) => sim::run(args),

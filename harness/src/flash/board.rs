@@ -9,10 +9,11 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use crate::board::BoardProfile;
 use crate::bootlog::Banner;
-use crate::capture::CaptureEvent;
+use crate::capture::{CaptureEvent, Subscription};
 use crate::image::{self, Identity};
-use crate::rig::Rig;
+use crate::rig::{Link, Rig};
 
 use super::client::{
     After, ChipInfo, FlashError, FlashId, Flasher, Progress, SyncConfig, Timeouts, WriteSummary,
@@ -113,58 +114,12 @@ pub fn flash_board(
 ) -> Result<FlashReport, FlashError> {
     let started = Instant::now();
     let board = rig.board();
-    if u64::from(options.offset) + image.len() as u64 > u64::from(board.flash_size) {
-        return Err(FlashError::ImageTooBig {
-            offset: options.offset,
-            len: image.len(),
-            flash_size: board.flash_size,
-        });
-    }
-    let expected = image::parse_firmware(image)
-        .ok()
-        .and_then(|fw| fw.identity().cloned());
+    check_fits(board, options.offset, image)?;
+    let expected = expected_identity(image);
     let banner = rig.enter_download_mode()?;
     // Subscribed before the ROM runs anything, so a soft-reset boot is not missed either.
     let lines = rig.capture().subscribe();
-    let sync = SyncConfig {
-        banner,
-        ..options.sync.clone()
-    };
-    let (chip, flash_id, write) = {
-        let mut f = Flasher::connect_with(rig.link(), &sync, options.timeouts)?;
-        let chip = f.detect_chip()?;
-        if chip.chip != board.chip {
-            return Err(FlashError::ChipMismatch {
-                board: board.id.clone(),
-                expected: board.chip,
-                detected: chip.description,
-            });
-        }
-        f.attach_flash()?;
-        let flash_id = if options.check_flash_size {
-            let id = f.flash_id()?;
-            if let Some(size) = id.size()
-                && size != board.flash_size
-            {
-                return Err(FlashError::FlashSizeMismatch {
-                    board: board.id.clone(),
-                    expected: board.flash_size,
-                    detected: size,
-                    id,
-                });
-            }
-            Some(id)
-        } else {
-            None
-        };
-        let write = f.write_flash(options.offset, image, progress)?;
-        if options.after == AfterFlash::SoftReset {
-            f.finish(After::SoftReset)?;
-        } else {
-            f.finish(After::NoReset)?;
-        }
-        (chip, flash_id, write)
-    };
+    let written = write_image(rig.link(), board, image, options, banner, progress)?;
     if options.after == AfterFlash::PowerCycle {
         rig.power_cycle_run()?;
     }
@@ -173,31 +128,125 @@ pub fn flash_board(
         (true, AfterFlash::Stay, _) => Verification::Skipped("the board stays in the ROM loader"),
         (true, _, None) => Verification::Skipped("the image has no identity record"),
         (true, _, Some(expected)) => {
-            let waited = rig.time_scale().real(options.verify_timeout);
-            let mut watch = IdentityWatch::new(expected);
-            let deadline = Instant::now() + waited;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                match lines.recv_timeout(left) {
-                    Ok(CaptureEvent::Line { text, .. }) => {
-                        if let Some(verdict) = watch.line(&text) {
-                            break Verification::Identity(verdict?);
-                        }
-                    }
-                    Ok(CaptureEvent::Index(_)) => {}
-                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
-                        return Err(watch.timed_out(waited));
-                    }
-                }
-            }
+            let timeout = rig.time_scale().real(options.verify_timeout);
+            Verification::Identity(wait_identity(&lines, expected, timeout)?)
         }
     };
     Ok(FlashReport {
         banner,
-        chip,
-        flash_id,
-        write,
+        chip: written.chip,
+        flash_id: written.flash_id,
+        write: written.write,
         verification,
         elapsed: started.elapsed(),
     })
+}
+
+/// What [`write_image`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The chip.
+    pub chip: ChipInfo,
+    /// The flash chip's JEDEC id, when read.
+    pub flash_id: Option<FlashId>,
+    /// The write.
+    pub write: WriteSummary,
+}
+
+/// The ROM loader part of [`flash_board`], for a board already in download mode behind `link`
+/// (a bare port): sync, chip and flash checks against `board`, write, then
+/// [`After::SoftReset`] if `options.after` asks for it (otherwise the chip stays in the ROM).
+/// `banner` is the ROM banner seen when the board was reset, if any (for the no-sync hint).
+pub fn write_image(
+    link: &mut dyn Link,
+    board: &BoardProfile,
+    image: &[u8],
+    options: &FlashOptions,
+    banner: Option<Banner>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Written, FlashError> {
+    check_fits(board, options.offset, image)?;
+    let sync = SyncConfig {
+        banner,
+        ..options.sync.clone()
+    };
+    let mut f = Flasher::connect_with(link, &sync, options.timeouts)?;
+    let chip = f.detect_chip()?;
+    if chip.chip != board.chip {
+        return Err(FlashError::ChipMismatch {
+            board: board.id.clone(),
+            expected: board.chip,
+            detected: chip.description,
+        });
+    }
+    f.attach_flash()?;
+    let flash_id = if options.check_flash_size {
+        let id = f.flash_id()?;
+        if let Some(size) = id.size()
+            && size != board.flash_size
+        {
+            return Err(FlashError::FlashSizeMismatch {
+                board: board.id.clone(),
+                expected: board.flash_size,
+                detected: size,
+                id,
+            });
+        }
+        Some(id)
+    } else {
+        None
+    };
+    let write = f.write_flash(options.offset, image, progress)?;
+    f.finish(if options.after == AfterFlash::SoftReset {
+        After::SoftReset
+    } else {
+        After::NoReset
+    })?;
+    Ok(Written {
+        chip,
+        flash_id,
+        write,
+    })
+}
+
+/// The identity record embedded in `image`, if it is a firmware file that has one.
+pub fn expected_identity(image: &[u8]) -> Option<Identity> {
+    image::parse_firmware(image)
+        .ok()
+        .and_then(|fw| fw.identity().cloned())
+}
+
+/// Waits up to `timeout` (real time) for `lines` to show `expected`'s identity line.
+pub fn wait_identity(
+    lines: &Subscription,
+    expected: Identity,
+    timeout: Duration,
+) -> Result<Identity, FlashError> {
+    let mut watch = IdentityWatch::new(expected);
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(CaptureEvent::Line { text, .. }) => {
+                if let Some(verdict) = watch.line(&text) {
+                    return verdict;
+                }
+            }
+            Ok(CaptureEvent::Index(_)) => {}
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {
+                return Err(watch.timed_out(timeout));
+            }
+        }
+    }
+}
+
+fn check_fits(board: &BoardProfile, offset: u32, image: &[u8]) -> Result<(), FlashError> {
+    if u64::from(offset) + image.len() as u64 > u64::from(board.flash_size) {
+        return Err(FlashError::ImageTooBig {
+            offset,
+            len: image.len(),
+            flash_size: board.flash_size,
+        });
+    }
+    Ok(())
 }

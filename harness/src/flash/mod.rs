@@ -20,7 +20,10 @@ pub mod client;
 pub mod proto;
 pub mod verify;
 
-pub use board::{AfterFlash, FlashOptions, FlashReport, VERIFY_TIMEOUT, Verification, flash_board};
+pub use board::{
+    AfterFlash, FlashOptions, FlashReport, VERIFY_TIMEOUT, Verification, Written,
+    expected_identity, flash_board, wait_identity, write_image,
+};
 pub use client::{
     After, ChipInfo, FlashError, FlashId, Flasher, Progress, SyncConfig, SyncHint, Timeouts,
     WriteSummary, rom_erase_size,

@@ -24,6 +24,7 @@ const KEEP: usize = 64 * 1024;
 pub struct IdentityWatch {
     expected: Identity,
     seen: Vec<u8>,
+    last_line: Option<String>,
 }
 
 impl IdentityWatch {
@@ -32,6 +33,7 @@ impl IdentityWatch {
         IdentityWatch {
             expected,
             seen: Vec::new(),
+            last_line: None,
         }
     }
 
@@ -48,7 +50,12 @@ impl IdentityWatch {
                 .extend_from_slice(&text[..text.len().min(KEEP - self.seen.len())]);
             self.seen.push(b'\n');
         }
-        let got = Identity::parse_line(&String::from_utf8_lossy(text))?;
+        let line = String::from_utf8_lossy(text);
+        let printable = line.trim().chars().filter(|c| !c.is_control()).count();
+        if printable >= 3 && printable * 10 >= line.trim().chars().count() * 9 {
+            self.last_line = Some(line.trim().chars().take(120).collect());
+        }
+        let got = Identity::parse_line(&line)?;
         Some(if got == self.expected {
             Ok(got)
         } else {
@@ -65,7 +72,11 @@ impl IdentityWatch {
             "nothing".to_string()
         } else {
             let report = triage::triage_bytes(&self.seen);
-            format!("{}: {}", report.class, report.summary)
+            let mut seen = format!("{}: {}", report.class, report.summary.trim_end_matches('.'));
+            if let Some(last) = &self.last_line {
+                seen.push_str(&format!("; last readable line `{last}`"));
+            }
+            seen
         };
         FlashError::VerifyTimeout {
             expected: self.expected.clone(),
@@ -134,5 +145,6 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("no identity line within 10.0s"), "{text}");
         assert!(!text.contains("printed: nothing"), "{text}");
+        assert!(text.contains("last readable line `wdt reset`"), "{text}");
     }
 }
