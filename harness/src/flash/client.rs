@@ -1310,7 +1310,7 @@ mod tests {
     #[test]
     fn esp8266_efuses_decode_like_esptool() {
         // sonoff-basic: 18:fe:34:a1:b2:01, no ESP8285 bits.
-        let info = ChipInfo::from_efuses([0x01 << 24, 0x00A1_B2, 0, 0], 26).unwrap();
+        let info = ChipInfo::from_efuses([0x01 << 24, 0xA1B2, 0, 0], 26).unwrap();
         assert_eq!(info.chip, Chip::Esp8266);
         assert_eq!(info.description, "ESP8266EX");
         assert_eq!(info.mac_string(), "18:fe:34:a1:b2:01");
