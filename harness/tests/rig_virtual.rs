@@ -331,27 +331,37 @@ fn sigkill_of_monitor_loses_nothing_the_sim_sent() {
     .unwrap();
     let rig_file = sim.rig_file(dir.path(), "killed", "off");
     let (mut child, mut out) = monitor(&rig_file, "killed", dir.path());
-    let mut banners = 0;
+    // The boot the simulator made when it started, then six more, each shown by the monitor
+    // (each ends with the ROM giving up on the erased flash); then SIGKILL, then six more boots
+    // the pty keeps.
     let mut line = String::new();
-    for cycle in 0..12 {
-        sim.command("power cycle");
-        if cycle < 6 {
-            // Wait until the monitor has shown this boot's banner.
-            loop {
-                line.clear();
-                assert!(out.read_line(&mut line).unwrap() > 0);
-                if line.contains("ets Jan  8 2013") {
-                    banners += 1;
-                    break;
-                }
+    for cycle in 0..7 {
+        if cycle > 0 {
+            sim.command("power cycle");
+        }
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0);
+            if line.starts_with("ets_main.c") {
+                break;
             }
         }
-        if cycle == 6 {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
     }
-    assert_eq!(banners, 6);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let shown = std::fs::read(dir.path().join("killed.log")).unwrap();
+    let sent_before = wait_len(&tx_log, shown.len());
+    assert!(
+        shown == sent_before,
+        "every byte shown before the SIGKILL is on disk, and nothing else: {} vs {}: {:?} / {:?}",
+        shown.len(),
+        sent_before.len(),
+        String::from_utf8_lossy(&shown[shown.len().saturating_sub(80)..]),
+        String::from_utf8_lossy(&sent_before[sent_before.len().saturating_sub(80)..]),
+    );
+    for _ in 0..6 {
+        sim.command("power cycle");
+    }
     sim.command("power off");
     let mut rest = Vec::new();
     let mut buf = [0u8; 4096];
@@ -370,20 +380,13 @@ fn sigkill_of_monitor_loses_nothing_the_sim_sent() {
             Err(e) => panic!("read: {e}"),
         }
     }
-    let mut joined = std::fs::read(dir.path().join("killed.log")).unwrap();
+    let mut joined = shown;
     let captured = joined.len();
     joined.extend_from_slice(&rest);
-    let deadline = Instant::now() + WAIT;
-    let sent = loop {
-        let sent = std::fs::read(&tx_log).unwrap();
-        if sent.len() >= joined.len() || Instant::now() > deadline {
-            break sent;
-        }
-        std::thread::yield_now();
-    };
+    let sent = wait_len(&tx_log, joined.len());
     assert!(
         captured > 0 && !rest.is_empty(),
-        "killed mid-stream: {captured} + {}",
+        "killed mid-capture: {captured} + {}",
         rest.len()
     );
     assert_eq!(joined.len(), sent.len(), "capture + buffered vs TX log");
@@ -391,4 +394,55 @@ fn sigkill_of_monitor_loses_nothing_the_sim_sent() {
         joined == sent,
         "capture + buffered is exactly what the simulator sent"
     );
+}
+
+/// The TX log once it has at least `len` bytes (the simulator writes it beside the pty).
+fn wait_len(path: &Path, len: usize) -> Vec<u8> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let bytes = std::fs::read(path).unwrap();
+        if bytes.len() >= len || Instant::now() > deadline {
+            return bytes;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// A simulator started by the harness dies with it, even when the harness is SIGKILLed and
+/// runs no cleanup (PR_SET_PDEATHSIG).
+#[test]
+fn a_started_simulator_dies_with_a_killed_harness() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["monitor", "--board", "4ch", "--out"])
+        .arg(dir.path().join("4ch.log"))
+        .env("HARNESS_SIM_EXE", sim_exe())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let mut sim_pid = None;
+    loop {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "monitor ended early");
+        if let Some(rest) = line.trim_end().strip_prefix("# sim: started, pid ") {
+            sim_pid = Some(Pid::from_raw(rest.parse().unwrap()));
+        }
+        if line.starts_with("# monitoring") {
+            break;
+        }
+    }
+    let sim_pid = sim_pid.expect("the monitor names the simulator's pid");
+    assert!(kill(sim_pid, None).is_ok(), "the simulator runs");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while kill(sim_pid, None).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the simulator outlived the harness"
+        );
+        std::thread::yield_now();
+    }
 }

@@ -10,7 +10,8 @@
 //! reads it, in this order:
 //!
 //! 1. appends the bytes to the capture file with one unbuffered `write` (nothing is held in
-//!    user space, so a SIGKILL of the harness loses nothing already received);
+//!    user space, so a SIGKILL of the harness loses nothing already handled; only a chunk
+//!    between its `read` and its `write`, at most [`READ_CHUNK`] bytes, can be lost);
 //! 2. queues them for [`Capture::read`] (the raw byte pipe the flash client uses);
 //! 3. cuts them into lines, parses each with [`crate::bootlog::parse_line`], hands the line to
 //!    the [`follower::BaudFollower`] and to every [`Subscription`] (the monitor, the runner's
@@ -56,6 +57,9 @@ pub use index::{IndexEvent, IndexRecord, index_path, read_index};
 /// Longest piece of a line held back waiting for its `\n`; longer runs (garbage at the wrong
 /// rate often has no newline) are handed on in pieces.
 pub const MAX_LINE: usize = 512;
+/// Largest read from the port. A SIGKILL can only lose the one chunk between its `read` and its
+/// `write` to the capture file (a window of microseconds); everything read before is on disk.
+pub const READ_CHUNK: usize = 4096;
 /// Bytes kept for [`Capture::read`] when nobody reads; older bytes are dropped from that queue
 /// (never from the file) and the loss is noted in the index.
 pub const RX_QUEUE_BYTES: usize = 1 << 20;
@@ -653,7 +657,7 @@ impl Shared {
     /// The reader thread.
     fn run(self: Arc<Self>, port: Box<dyn SerialPort>) {
         let mut port = Some(port);
-        let mut buf = vec![0u8; 4096];
+        let mut buf = vec![0u8; READ_CHUNK];
         let mut quiet = true;
         while !self.stop.load(Ordering::Relaxed) {
             let Some(p) = port.as_mut() else {
@@ -873,5 +877,41 @@ impl Shared {
         }
         let event = CaptureEvent::Index(record);
         rec.subscribers.retain(|s| s.send(event.clone()).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_reference_firmware() {
+        let b = crate::firmware::behaviour();
+        assert_eq!(
+            DEFAULT_APP_BAUD, b.serial.baud,
+            "firmware/behaviour.toml serial.baud"
+        );
+        let c = CaptureConfig::new("/dev/null");
+        assert!(c.follow);
+        assert_eq!(c.restart_markers, [b.lines.ota_end.as_str()]);
+        let mut f = BaudFollower::new(c.app_baud).with_restart_markers(c.restart_markers);
+        let mut events = Vec::new();
+        bootlog::parse_line(b"ld", |e, _| events.push(e));
+        assert!(f.line(b"ld", &events).is_some());
+        events.clear();
+        bootlog::parse_line(b"OTA end\r", |e, _| events.push(e));
+        assert_eq!(
+            f.line(b"OTA end\r", &events).map(|s| s.reason),
+            Some(SwitchReason::Restart)
+        );
+    }
+
+    #[test]
+    fn a_missing_port_is_an_error_naming_it() {
+        let err = Capture::start(CaptureConfig::new("/dev/does-not-exist-harness")).unwrap_err();
+        assert!(
+            matches!(&err, CaptureError::Open { port, .. } if port == Path::new("/dev/does-not-exist-harness"))
+        );
+        assert!(err.to_string().contains("/dev/does-not-exist-harness"));
     }
 }

@@ -2,11 +2,12 @@
 
 mod firmware;
 mod flash;
-pub mod image;
-pub mod monitor;
+mod image;
+mod monitor;
 mod ota;
+mod scenario;
 mod sim;
-pub mod triage;
+mod triage;
 
 use std::process::ExitCode;
 
@@ -39,13 +40,15 @@ pub enum Command {
     /// Write a firmware image through the ESP8266 ROM serial loader, reboot, verify.
     #[command(long_about = flash::LONG_ABOUT, after_help = flash::EXAMPLES)]
     Flash(flash::FlashArgs),
-    /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
-    Monitor(monitor::MonitorArgs),
     /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
     #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
     Ota(ota::OtaArgs),
+    /// Check scenario files, or run them on a rig and write a run folder.
+    Scenario(scenario::ScenarioArgs),
     /// Run a virtual Sonoff board on a pseudo-terminal.
     Sim(sim::SimArgs),
+    /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
+    Monitor(monitor::MonitorArgs),
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.
@@ -71,8 +74,9 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
         Command::Flash(args) => flash::run(args),
-        Command::Monitor(args) => monitor::run(args),
         Command::Ota(args) => ota::run(args),
+        Command::Scenario(args) => scenario::run(args),
         Command::Sim(args) => sim::run(args),
+        Command::Monitor(args) => monitor::run(args),
     }
 }

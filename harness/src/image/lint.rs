@@ -57,6 +57,26 @@ pub enum LintId {
 }
 
 impl LintId {
+    /// Every rule, in the order [`lint`] runs them.
+    pub const ALL: [LintId; 11] = [
+        LintId::BootChecksum,
+        LintId::AppChecksum,
+        LintId::FlashCrc,
+        LintId::HeaderMismatch,
+        LintId::FlashSizeTooBig,
+        LintId::FlashSizeSmaller,
+        LintId::FlashModeUnsupported,
+        LintId::FlashModeNotRecommended,
+        LintId::SketchTooBig,
+        LintId::OtaNoSpace,
+        LintId::OtaWrapsIntoSystem,
+    ];
+
+    /// The rule with this kebab-case name (as scenario files write it).
+    pub fn from_name(name: &str) -> Option<LintId> {
+        LintId::ALL.into_iter().find(|id| id.name() == name)
+    }
+
     /// The kebab-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -571,6 +591,14 @@ mod tests {
     use super::*;
     use crate::board;
     use crate::image::{BuildSpec, Identity, build, parse_firmware};
+
+    #[test]
+    fn lint_ids_round_trip_by_name() {
+        for id in LintId::ALL {
+            assert_eq!(LintId::from_name(id.name()), Some(id));
+        }
+        assert_eq!(LintId::from_name("flash-size-huge"), None);
+    }
 
     fn fw(ota: Ota, size: usize, flash_size: FlashSize, mode: FlashMode) -> Vec<u8> {
         let id = Identity::new("sonoff-ota", "1.0.0", ota, None).unwrap();

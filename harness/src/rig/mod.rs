@@ -14,7 +14,7 @@
 //!   DTR/RTS (`usb-serial`), GPIO character device (`gpio`, cargo feature `gpio`).
 //! - [`Rig`]: one board: a link, lines, the board profile, the OTA address, a time scale.
 //!   [`BoardRig`] is the implementation every backend shares; [`open`] builds it from a
-//!   [`BoardConfig`] (see [`file`] for the rig file).
+//!   [`BoardConfig`] (see [`mod@file`] for the rig file).
 //!
 //! Reset sequences ([`enter_download_mode`], [`power_cycle_run`]) are free functions over
 //! `&mut dyn Lines`, the same for every backend.
@@ -416,13 +416,27 @@ fn lock_lines(lines: &SharedLines) -> MutexGuard<'_, Box<dyn Lines>> {
 }
 
 /// The rig's view of the lines: forwards to the backend and notes every change in the capture
-/// (a power-on also tells the baud follower that the ROM is about to print).
+/// (a power-on also tells the baud follower that the ROM is about to print). Setting a line to
+/// the level it is known to have is passed on but not noted: nothing happened to the board.
 struct NotedLines {
     lines: SharedLines,
     capture: Arc<Capture>,
+    power: Option<bool>,
+    gpio0: Option<bool>,
+    reset: Option<bool>,
 }
 
 impl NotedLines {
+    fn new(lines: SharedLines, capture: Arc<Capture>) -> Self {
+        NotedLines {
+            lines,
+            capture,
+            power: None,
+            gpio0: None,
+            reset: None,
+        }
+    }
+
     fn note(&self, event: IndexEvent) {
         if let Err(e) = self.capture.note(event) {
             tracing::warn!("capture note: {e}");
@@ -436,31 +450,37 @@ impl Lines for NotedLines {
     }
 
     fn set_power(&mut self, on: bool) -> Result<(), RigError> {
-        if on {
+        let change = self.power != Some(on);
+        if on && change {
             // Before: the ROM's first bytes must be read at its rate.
             self.note(IndexEvent::Power { on });
-            lock_lines(&self.lines).set_power(on)
-        } else {
-            let r = lock_lines(&self.lines).set_power(on);
-            self.note(IndexEvent::Power { on });
-            r
         }
-    }
-
-    fn set_gpio0(&mut self, pressed: bool) -> Result<(), RigError> {
-        let r = lock_lines(&self.lines).set_gpio0(pressed);
-        if r.is_ok() {
-            self.note(IndexEvent::Button { pressed });
+        let r = lock_lines(&self.lines).set_power(on);
+        self.power = if r.is_ok() { Some(on) } else { None };
+        if !on && change && r.is_ok() {
+            self.note(IndexEvent::Power { on });
         }
         r
     }
 
+    fn set_gpio0(&mut self, pressed: bool) -> Result<(), RigError> {
+        let r = lock_lines(&self.lines).set_gpio0(pressed);
+        if r.is_ok() && self.gpio0 != Some(pressed) {
+            self.note(IndexEvent::Button { pressed });
+        }
+        self.gpio0 = if r.is_ok() { Some(pressed) } else { None };
+        r
+    }
+
     fn set_reset(&mut self, asserted: bool) -> Result<(), RigError> {
-        if !asserted {
+        let change = self.reset != Some(asserted);
+        if !asserted && change {
+            // Before: a released reset restarts the ROM.
             self.note(IndexEvent::Reset { asserted });
         }
         let r = lock_lines(&self.lines).set_reset(asserted);
-        if asserted && r.is_ok() {
+        self.reset = if r.is_ok() { Some(asserted) } else { None };
+        if asserted && change && r.is_ok() {
             self.note(IndexEvent::Reset { asserted });
         }
         r
@@ -641,10 +661,7 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         describe,
         guard: Some(guard),
         initial,
-        lines: NotedLines {
-            lines: shared,
-            capture: Arc::clone(&capture),
-        },
+        lines: NotedLines::new(shared, Arc::clone(&capture)),
         link: SerialLink(capture),
         backend,
         _locks: locks,

@@ -1,7 +1,7 @@
 //! The safety guard: whatever ends a run, GPIO0 is released and power is left as the rig file
 //! says (`power_at_exit`).
 //!
-//! Three paths run the same action ([`super::apply_safe_state`]):
+//! Three paths run the same action (release GPIO0 and RST, set power):
 //!
 //! - `Drop` of [`super::BoardRig`]: normal ends, errors, timeouts, and panics that unwind
 //!   through the rig's owner.
@@ -14,7 +14,7 @@
 //!   alone: a thread that panics says nothing about a board another thread drives (the test
 //!   harness runs tests on parallel threads, each with its own board).
 //!
-//! Every open board registers here ([`register`]); the registration ends when the rig drops.
+//! Every open board registers here when it is opened; the registration ends when the rig drops.
 //! The lines are shared through a mutex; the signal path waits at most [`LOCK_WAIT`] for a
 //! line operation in progress to finish.
 

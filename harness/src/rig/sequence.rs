@@ -11,7 +11,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use crate::bootlog::{Banner, Event};
-use crate::capture::{CaptureEvent, Subscription};
+use crate::capture::{CaptureEvent, IndexEvent, Subscription};
 
 use super::{Lines, RigError, TimeScale};
 
@@ -129,13 +129,24 @@ pub fn power_cycle_run(
     }
 }
 
-/// Waits up to `timeout` for a ROM banner line in `sub`.
+/// Waits up to `timeout` for the first ROM banner after the next power-on or reset release
+/// that the rig notes in the capture (`sub` must be subscribed before that). Banners still
+/// arriving from an earlier boot are skipped.
 pub fn wait_banner(sub: &Subscription, timeout: Duration) -> Option<Banner> {
     let deadline = Instant::now() + timeout;
+    let mut restarted = false;
     loop {
         let left = deadline.checked_duration_since(Instant::now())?;
         match sub.recv_timeout(left) {
-            Ok(CaptureEvent::Line { events, .. }) => {
+            Ok(CaptureEvent::Index(r)) => {
+                if matches!(
+                    r.event,
+                    IndexEvent::Power { on: true } | IndexEvent::Reset { asserted: false }
+                ) {
+                    restarted = true;
+                }
+            }
+            Ok(CaptureEvent::Line { events, .. }) if restarted => {
                 if let Some(b) = events.iter().find_map(|e| match e {
                     Event::RomBanner(b) => Some(*b),
                     _ => None,
@@ -143,7 +154,7 @@ pub fn wait_banner(sub: &Subscription, timeout: Duration) -> Option<Banner> {
                     return Some(b);
                 }
             }
-            Ok(CaptureEvent::Index(_)) => {}
+            Ok(CaptureEvent::Line { .. }) => {}
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
         }
     }

@@ -166,7 +166,7 @@ impl Sim {
         out
     }
 
-    /// OTA endpoints the simulator printed (`espota: 127.0.0.1:PORT`, `http: ...`), if any.
+    /// OTA endpoints the simulator printed (`ota: 127.0.0.x:PORT` for ArduinoOTA, `http: ...`), if any.
     pub(crate) fn ota(&self) -> Option<OtaTarget> {
         let addr = |name: &str| {
             self.endpoints
@@ -174,7 +174,7 @@ impl Sim {
                 .find(|(k, _)| k == name)
                 .and_then(|(_, v)| v.parse::<std::net::SocketAddr>().ok())
         };
-        let espota = addr("espota");
+        let espota = addr("ota");
         let http = addr("http");
         let host = espota.or(http)?.ip().to_string();
         Some(OtaTarget {

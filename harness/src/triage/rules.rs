@@ -431,7 +431,9 @@ fn flash_config_mismatch<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
 }
 
 /// boot-log.md §3/§4: `csum err` (the image at 0x0 failed the ROM's checksum), `flash read
-/// err`, and eboot's `e:N` after `ld` (the app at 0x1000 cannot be loaded).
+/// err`, eboot's `e:N` after `ld` (the app at 0x1000 cannot be loaded), and `ets_main.c` right
+/// after a flash-boot banner (no image header at 0x0: the ROM halts; esp8266.com p=42567 shows
+/// it for erased flash).
 fn checksum_error<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
     for (i, d) in ctx.boots.iter().enumerate() {
         let mut evidence: Vec<&Record> = d.banner.into_iter().collect();
@@ -446,6 +448,19 @@ fn checksum_error<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
         } else if let Some(r) = d.flash_read_err {
             evidence.push(r);
             "The ROM could not read the flash at 0x0 (flash read err).".to_string()
+        } else if let Some(r) = d.ets_main.filter(|_| {
+            d.loads.is_empty() && d.source() == Some(BootSource::Flash) && d.eboot_version.is_none()
+        }) {
+            evidence.push(r);
+            if d.cause() == Some(RstCause::Software) {
+                "The ROM stopped (ets_main.c) after a software reset without loading anything: the \
+                 boot loader or app that reset the chip could not load the image."
+                    .to_string()
+            } else {
+                "The ROM found no bootable image at flash 0x0 (ets_main.c right after the banner): \
+                 the flash is erased or holds no valid image header."
+                    .to_string()
+            }
         } else if let Some((code, r)) = d.eboot_error {
             evidence.extend(d.ld);
             evidence.push(r);
