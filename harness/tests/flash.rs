@@ -436,3 +436,186 @@ fn bare_port_to_a_board_not_in_download_mode_is_no_sync() {
     assert!(stderr.contains("harness::flash::no_sync"), "{stderr}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+/// A scripted ESP8285 ROM loader on a pty the test owns: it answers what `harness flash` sends
+/// and records the flash writes, so the test can play the board's boot after the write (the
+/// simulator does not run firmware yet).
+struct ScriptedBoard {
+    slave_path: PathBuf,
+    master: std::fs::File,
+    _slave: std::os::fd::OwnedFd,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+impl ScriptedBoard {
+    fn start() -> ScriptedBoard {
+        use harness::flash::proto::{Command, Op, Response, SlipDecoder, reg, rom_status};
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        use std::sync::atomic::Ordering;
+
+        let pair = nix::pty::openpty(None, None).unwrap();
+        let slave_path = PathBuf::from(nix::unistd::ttyname(&pair.slave).unwrap());
+        let master = std::fs::File::from(pair.master);
+        let mut reader = master.try_clone().unwrap();
+        let mut writer = master.try_clone().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_thread = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut flash = vec![0xFFu8; 1 << 20];
+            let mut regs = std::collections::HashMap::from([
+                (reg::CHIP_DETECT_MAGIC, reg::ESP8266_MAGIC),
+                (reg::EFUSE_MAC0, 0x02 << 24 | 1 << 4),
+                (reg::EFUSE_MAC1, 0xC4D5),
+                (reg::EFUSE_MAC3, 0x5C_CF7F),
+                (reg::UART_CLKDIV, 451),
+            ]);
+            let mut session = (0u32, 0x400u32);
+            let mut decoder = SlipDecoder::new();
+            let mut buf = [0u8; 4096];
+            while !stop_thread.load(Ordering::Relaxed) {
+                let mut fds = [nix::poll::PollFd::new(
+                    reader.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)).unwrap_or(0) == 0
+                {
+                    continue;
+                }
+                let Ok(n) = reader.read(&mut buf) else { break };
+                for frame in decoder.push(&buf[..n]) {
+                    let Ok(cmd) = Command::parse(&frame.unwrap()) else {
+                        continue;
+                    };
+                    let ok =
+                        |op, value| Response::new(op, value, &[], rom_status(Ok(()))).to_slip();
+                    let out = match cmd.op {
+                        Op::Sync => (0..8).flat_map(|_| ok(Op::Sync, 0x2000_0000)).collect(),
+                        Op::ReadReg => ok(
+                            Op::ReadReg,
+                            regs.get(&cmd.word(0).unwrap()).copied().unwrap_or(0),
+                        ),
+                        Op::WriteReg => {
+                            let [addr, value, ..] = cmd.words::<4>().unwrap();
+                            if addr == reg::SPI_CMD {
+                                regs.insert(reg::SPI_W0, 0x14_40C8);
+                            } else {
+                                regs.insert(addr, value);
+                            }
+                            ok(Op::WriteReg, 0)
+                        }
+                        Op::FlashBegin => {
+                            let [_, _, block, offset] = cmd.words::<4>().unwrap();
+                            session = (offset, block);
+                            ok(Op::FlashBegin, 0)
+                        }
+                        Op::FlashData => {
+                            let b = cmd.data_block().unwrap();
+                            let at = (session.0 + b.seq * session.1) as usize;
+                            flash[at..at + b.payload.len()].copy_from_slice(b.payload);
+                            ok(Op::FlashData, 0)
+                        }
+                        other => ok(other, 0),
+                    };
+                    writer.write_all(&out).unwrap();
+                }
+            }
+            flash
+        });
+        ScriptedBoard {
+            slave_path,
+            master,
+            _slave: pair.slave,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// What the board prints: written to the harness's port.
+    fn print(&mut self, text: &str) {
+        use std::io::Write;
+        self.master.write_all(text.as_bytes()).unwrap();
+    }
+
+    /// Stops the ROM and returns the flash contents.
+    fn flash(mut self) -> Vec<u8> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+/// Runs `harness flash --port` on the scripted board; when it asks for the power cycle, the
+/// board "boots" and prints `boot_output`. Returns the exit code, stdout, stderr and the flash.
+fn port_flash_with_boot(boot_output: &str) -> (Option<i32>, String, String, Vec<u8>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut board = ScriptedBoard::start();
+    let image = fixture(FIXTURE);
+    let mut child = Command::new(harness())
+        .args(["flash", image.to_str().unwrap(), "--port"])
+        .arg(&board.slave_path)
+        .args(["--kind", "sonoff-4ch", "--verify-timeout", "5"])
+        .env("HARNESS_LOCK_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.starts_with("now power-cycle the board with GPIO0 released") {
+            board.print(boot_output);
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), seen, stderr, board.flash())
+}
+
+#[test]
+fn bare_port_verifies_the_identity_line_after_the_power_cycle() {
+    let (code, stdout, stderr, flash) = port_flash_with_boot(
+        "\u{fffd}\u{fffd}garbage at the wrong rate\r\n\
+         HILFW app=sonoff-ota version=1.0.0 ota=webserver state=RUN\r\n",
+    );
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(
+            "verified: the board printed `HILFW app=sonoff-ota version=1.0.0 ota=webserver` \
+             after the reboot"
+        ),
+        "{stdout}"
+    );
+    let image = std::fs::read(fixture(FIXTURE)).unwrap();
+    assert!(flash[..image.len()] == image[..]);
+}
+
+#[test]
+fn bare_port_identity_mismatch_is_a_board_failure() {
+    let (code, stdout, stderr, _) =
+        port_flash_with_boot("HILFW app=sonoff-ota version=0.9.0 ota=webserver state=RUN\r\n");
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("harness::flash::verify_mismatch"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("version=0.9.0"), "{stderr}");
+}
+
+#[test]
+fn bare_port_silence_after_the_power_cycle_is_a_verify_timeout() {
+    let started = Instant::now();
+    let (code, stdout, stderr, _) =
+        port_flash_with_boot(" ets Jan  8 2013,rst cause:2, boot mode:(3,6)\r\n\r\n");
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("harness::flash::verify_timeout"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
