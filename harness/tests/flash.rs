@@ -456,7 +456,7 @@ impl ScriptedBoard {
         use std::sync::atomic::Ordering;
 
         let pair = nix::pty::openpty(None, None).unwrap();
-        let slave_path = PathBuf::from(nix::unistd::ttyname(&pair.slave).unwrap());
+        let slave_path = nix::unistd::ttyname(&pair.slave).unwrap();
         let master = std::fs::File::from(pair.master);
         let mut reader = master.try_clone().unwrap();
         let mut writer = master.try_clone().unwrap();
