@@ -619,3 +619,47 @@ fn bare_port_silence_after_the_power_cycle_is_a_verify_timeout() {
     );
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn soft_reset_runs_the_firmware_with_the_boot_mode_still_latched() {
+    let dir = tempfile::tempdir().unwrap();
+    let flash_file = dir.path().join("flash.bin");
+    let config = RigConfig::load(&rig_file(dir.path(), "sonoff-4ch", &flash_file)).unwrap();
+    let mut rig = rig::open(config.board("dut").unwrap(), &options()).unwrap();
+    let control = rig
+        .describe()
+        .into_iter()
+        .find(|(k, _)| *k == "control")
+        .map(|(_, v)| PathBuf::from(v))
+        .unwrap();
+    let image = std::fs::read(fixture(FIXTURE)).unwrap();
+    let status = |key: &str| SimClient::connect(&control).unwrap().status().unwrap()[key].clone();
+
+    let stay = FlashOptions {
+        after: flash::AfterFlash::Stay,
+        ..FlashOptions::default()
+    };
+    let report = flash_board(&mut rig, &image, &stay, &mut |_| {}).unwrap();
+    assert_eq!(
+        report.verification,
+        Verification::Skipped("the board stays in the ROM loader")
+    );
+    assert_eq!(status("state"), "rom-download");
+
+    let soft = FlashOptions {
+        after: flash::AfterFlash::SoftReset,
+        verify: false,
+        ..FlashOptions::default()
+    };
+    flash_board(&mut rig, &image, &soft, &mut |_| {}).unwrap();
+    // The ROM ran the image without a reset: boot mode 1 stays latched (failure-modes.md A).
+    assert_eq!(status("soft_started"), "yes");
+    assert!(
+        status("boot_mode").starts_with("1,"),
+        "{}",
+        status("boot_mode")
+    );
+    assert_ne!(status("state"), "rom-download");
+    drop(rig);
+    assert_flashed(&flash_file, &image, 1 << 20);
+}
