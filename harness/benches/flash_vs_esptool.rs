@@ -316,11 +316,11 @@ fn main() {
         kib
     );
     println!(
-        "| {:<32} | {:<40} | {:>8} | {:>8} | {:<16} |",
+        "| {:<36} | {:<42} | {:>8} | {:>8} | {:<14} |",
         "tool", "protocol", "time s", "KiB/s", "flash == image"
     );
     println!(
-        "|{:-<34}|{:-<42}|{:->10}|{:->10}|{:-<18}|",
+        "|{:-<38}|{:-<44}|{:->10}|{:->10}|{:-<16}|",
         "", "", "", "", ""
     );
     let mut all_same = true;
@@ -345,7 +345,8 @@ fn main() {
     println!();
     assert!(all_same, "the flash contents differ at 0x0");
     println!(
-        "all four flash files hold the same bytes at 0x0..{:#x}",
+        "all {} flash files hold the same bytes at 0x0..{:#x}",
+        runs.len(),
         image_bytes.len()
     );
 }
