@@ -37,8 +37,9 @@ enum ImageCommand {
     /// Write a valid, deterministic firmware file shaped like an Arduino build.
     ///
     /// eboot (one 1384-byte segment at 0x4010f000, checksum 0x2d) at 0x0, 0xAA up to 0x1000,
-    /// then the app: .irom0.text (with core 3.x __crc_len/__crc_val), .text, .data and .rodata
-    /// holding the identity line `HILFW app=.. version=.. ota=.. [fault=..]`. Same arguments,
+    /// then the app: .irom0.text (with core 3.x __crc_len/__crc_val, or an older core's
+    /// core_version word), .text, .data and .rodata holding the identity line
+    /// `HILFW app=.. version=.. ota=.. [fault=..] [core=..] [password=..]`. Same arguments,
     /// same bytes.
     #[command(
         disable_version_flag = true,
@@ -106,6 +107,17 @@ struct MakeArgs {
     #[arg(long, value_name = "FAULT")]
     fault: Option<Fault>,
 
+    /// esp8266/Arduino core version the image stands for. Recorded as `core=` (unless 3.1.2);
+    /// cores before 3.0 get a core_version word at 0x1010 instead of the CRC words, and the
+    /// simulator models that core's Updater (2.3.0: no bootstrap check).
+    #[arg(long, default_value = image::identity::DEFAULT_CORE, value_name = "VERSION")]
+    core: String,
+
+    /// Build-time OTA password, stored in plain text as `password=` in the identity record
+    /// (a test-image convenience: the simulator reads it from there).
+    #[arg(long, value_name = "TEXT")]
+    password: Option<String>,
+
     /// Output file.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -131,7 +143,10 @@ pub fn run(args: ImageArgs) -> CmdResult {
 }
 
 fn make(a: MakeArgs) -> CmdResult {
-    let identity = Identity::new(&a.app, &a.version, a.ota, a.fault)?;
+    let mut identity = Identity::new(&a.app, &a.version, a.ota, a.fault)?.with_core(&a.core)?;
+    if let Some(password) = &a.password {
+        identity = identity.with_password(password)?;
+    }
     let spec = BuildSpec {
         identity,
         flash_mode: a.flash_mode,

@@ -1,6 +1,7 @@
 //! `harness sim`: run one virtual Sonoff on a pty until SIGINT/SIGTERM.
 //!
-//! Prints the endpoints first (`pty: /dev/pts/N`, `control: …`, `flash: …`, then an empty line)
+//! Prints the endpoints first (`pty: /dev/pts/N`, `control: …`, `flash: …`, `time-scale: …`,
+//! then an empty line)
 //! and flushes, so a parent process can read them before anything else. Control lines are taken
 //! from stdin (answered on stdout) and from the control socket (answered there); see
 //! `harness::sim::control` for the protocol. End of stdin only stops reading stdin.
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use harness::board;
 use harness::sim::{BootStraps, SimConfig, SimHandle};
-use miette::IntoDiagnostic;
+use miette::{IntoDiagnostic, WrapErr};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -40,9 +41,18 @@ pub struct SimArgs {
     /// Boot straps at power-on: `download` holds the button (GPIO0 low) until `button up`.
     #[arg(long, value_enum, default_value_t = BootArg::Flash)]
     pub boot: BootArg,
-    /// Pace serial bytes at the baud rate and flash erase/program at datasheet speed.
+    /// Pace serial bytes at the baud rate and flash erase/program at datasheet speed; device
+    /// time runs at real speed (time scale 1.0).
     #[arg(long)]
     pub realistic_timing: bool,
+    /// Real seconds per device second (default 0.05: the board's timers run 20x fast; 1.0
+    /// with --realistic-timing).
+    #[arg(long, value_name = "X")]
+    pub time_scale: Option<f64>,
+    /// Firmware file (an Arduino .bin or a plain image) written at flash 0x0 before the board
+    /// is powered, as `esptool write-flash 0x0 FILE` would.
+    #[arg(long, value_name = "FILE")]
+    pub image: Option<PathBuf>,
     /// Append every byte the board transmits (as the port receives it) to this file.
     #[arg(long, value_name = "FILE")]
     pub tx_log: Option<PathBuf>,
@@ -58,6 +68,13 @@ pub fn run(args: SimArgs) -> CmdResult {
         BootArg::Download => BootStraps::Download,
     };
     config.realistic_timing = args.realistic_timing;
+    config.time_scale = args.time_scale;
+    if let Some(path) = &args.image {
+        let bytes = std::fs::read(path)
+            .into_diagnostic()
+            .wrap_err_with(|| format!("cannot read image {}", path.display()))?;
+        config.image = Some(bytes);
+    }
     config.tx_log = args.tx_log;
 
     // Registered before the endpoints are printed, so a signal sent right after is not lost.

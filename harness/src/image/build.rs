@@ -4,7 +4,9 @@
 //! at 0x4010F000, like the eboot in the field report, so the ROM prints `load 0x4010f000, len
 //! 1384, room 16` and `chksum 0x2d`), 0xAA fill up to 0x1000, then the app: `.irom0.text` at
 //! 0x40201010 (starting with `__crc_len`/`__crc_val` as in core >= 3.0, then filler), `.text`
-//! at 0x40100000, `.data` at 0x3FFE8000 and `.rodata` holding the [`Identity`] record. The
+//! at 0x40100000, `.data` at 0x3FFE8000 and `.rodata` holding the [`Identity`] record. For an
+//! identity with a core before 3.0 the word at 0x1010 is a `core_version`-like word instead
+//! ([`core_version_word`]) and there is no CRC. The
 //! filler is pseudo-random so the file does not compress to nothing (OTA tests time real
 //! transfers).
 //!
@@ -127,15 +129,38 @@ pub fn build(spec: &BuildSpec) -> Result<Vec<u8>, ImageError> {
     write_image(&mut file, header(APP_SEGMENTS, APP_ENTRY), &segments);
     debug_assert_eq!(file.len(), size);
 
+    let checksum_at = file.len() - 1;
+    if let Some(word) = core_version_word(spec.identity.core()) {
+        // Cores before 3.0 put `core_version` where later cores put `__crc_len`, and have no
+        // `__crc_val`: the word after it is code.
+        file[CRC_LEN_OFFSET..CRC_LEN_OFFSET + 4].copy_from_slice(&word.to_le_bytes());
+        let code = SplitMix64(u64::from(word)).bytes(4);
+        file[CRC_VAL_OFFSET..CRC_VAL_OFFSET + 4].copy_from_slice(&code);
+        file[checksum_at] = rom_checksum(app_segment_data(&file));
+        return Ok(file);
+    }
     let len_word = (file.len() as u32).to_le_bytes();
     file[CRC_LEN_OFFSET..CRC_LEN_OFFSET + 4].copy_from_slice(&len_word);
     let trim_at = APP_OFFSET + HEADER_LEN + SEGMENT_HEADER_LEN + irom_len - 1;
-    let checksum_at = file.len() - 1;
     let (trim, checksum, crc) = solve_trim(&mut file, trim_at);
     file[trim_at] = trim;
     file[checksum_at] = checksum;
     file[CRC_VAL_OFFSET..CRC_VAL_OFFSET + 4].copy_from_slice(&crc.to_le_bytes());
     Ok(file)
+}
+
+/// The `core_version` word a core before 3.0 puts at flash 0x1010 (eboot prints it as
+/// `vXXXXXXXX`), or `None` for cores that put `__crc_len` there.
+///
+/// The real word is the core's git short hash (`ARDUINO_ESP8266_GIT_VER`), which this builder
+/// cannot know; it uses a stable hash of the version instead, with the top nibble set so it
+/// can never pass for a file length.
+pub fn core_version_word(core: &str) -> Option<u32> {
+    let (major, ..) = super::identity::parse_core_version(core)?;
+    (major < 3).then(|| {
+        let h = fnv1a(format!("core_version {core}").as_bytes());
+        ((h >> 32) as u32 ^ h as u32) | 0x1000_0000
+    })
 }
 
 /// Finds a trim byte `k` and checksum byte `c` such that the app checksum (which covers `k`
@@ -293,6 +318,22 @@ mod tests {
         assert_eq!(fw.identity(), Some(&spec(0).identity));
         let names: Vec<_> = fw.app().segments().iter().map(|s| s.name()).collect();
         assert_eq!(names, [".irom0.text", ".text", ".data", ".rodata"]);
+    }
+
+    #[test]
+    fn old_cores_get_a_core_version_word_and_no_crc() {
+        let mut s = spec(32 * 1024);
+        s.identity = s.identity.clone().with_core("2.3.0").unwrap();
+        let file = build(&s).unwrap();
+        let fw = parse_firmware(&file).unwrap();
+        let word = core_version_word("2.3.0").unwrap();
+        assert_eq!(fw.version_word(), Some(word));
+        assert!(word >= 0x1000_0000);
+        assert_eq!(fw.flash_crc(), None);
+        assert_eq!(fw.app_checksum(), AppChecksum::Valid);
+        assert_eq!(fw.identity().unwrap().core(), "2.3.0");
+        assert_eq!(core_version_word("3.1.2"), None);
+        assert_ne!(core_version_word("2.3.0"), core_version_word("2.4.0"));
     }
 
     #[test]

@@ -150,8 +150,16 @@ pub enum ImageError {
     )]
     #[diagnostic(code(harness::image::identity_value))]
     BadIdentityValue {
-        /// The key (`app`, `version`).
+        /// The key (`app`, `version`, `password`).
         key: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+
+    /// A core version that is not `MAJOR.MINOR.PATCH`.
+    #[error("core version `{value}` is not MAJOR.MINOR.PATCH (for example 2.3.0 or 3.1.2)")]
+    #[diagnostic(code(harness::image::core_version))]
+    BadCoreVersion {
         /// The rejected value.
         value: String,
     },

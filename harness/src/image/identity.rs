@@ -9,8 +9,15 @@
 //! and prints the same line on its serial port at boot, followed by ` state=RUN`. Both are read
 //! by [`Identity::parse_line`], so an image on disk and a board on the bench can be compared
 //! with `==`. Words are `key=value`, separated by single spaces; `app`, `version` and `ota` are
-//! required, `fault` is optional, and keys this version does not know (such as `state`) are
-//! ignored so that older harnesses still recognise newer firmware.
+//! required, `fault`, `core` and `password` are optional, and keys this version does not know
+//! (such as `state`) are ignored so that older harnesses still recognise newer firmware.
+//!
+//! - `core=2.3.0`: the esp8266/Arduino core the image stands for; absent means
+//!   [`DEFAULT_CORE`]. The simulator picks the Updater's behaviour from it and `harness image
+//!   make` writes the word at flash 0x1010 the way that core does.
+//! - `password=secret`: the build-time OTA password (`SMN_OTA_PASSWORD`) in plain text. A
+//!   convenience of test images only, so the virtual board knows the password its firmware was
+//!   built with; a real build never carries its password in such a record.
 
 use std::fmt;
 use std::str::FromStr;
@@ -25,6 +32,9 @@ pub const IDENTITY_TAG: &str = "HILFW";
 pub const IDENTITY_MAX_LEN: usize = 256;
 /// Longest `app` or `version` value.
 const VALUE_MAX_LEN: usize = 64;
+/// The core version an identity without `core=` stands for (what the reference firmware
+/// targets).
+pub const DEFAULT_CORE: &str = "3.1.2";
 
 /// How the firmware accepts updates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -128,6 +138,10 @@ pub struct Identity {
     version: String,
     ota: Ota,
     fault: Option<Fault>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    core: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
 }
 
 impl Identity {
@@ -152,7 +166,33 @@ impl Identity {
             version: version.to_string(),
             ota,
             fault,
+            core: None,
+            password: None,
         })
+    }
+
+    /// The same identity for another core version (`MAJOR.MINOR.PATCH`, as `2.3.0`);
+    /// [`DEFAULT_CORE`] is not recorded.
+    pub fn with_core(mut self, core: &str) -> Result<Identity, ImageError> {
+        if !valid_value(core) || parse_core_version(core).is_none() {
+            return Err(ImageError::BadCoreVersion {
+                value: core.to_string(),
+            });
+        }
+        self.core = (core != DEFAULT_CORE).then(|| core.to_string());
+        Ok(self)
+    }
+
+    /// The same identity with a build-time OTA password (same character rules as `app`).
+    pub fn with_password(mut self, password: &str) -> Result<Identity, ImageError> {
+        if !valid_value(password) {
+            return Err(ImageError::BadIdentityValue {
+                key: "password",
+                value: password.to_string(),
+            });
+        }
+        self.password = Some(password.to_string());
+        Ok(self)
     }
 
     /// Application name (`sonoff-ota`).
@@ -175,6 +215,16 @@ impl Identity {
         self.fault
     }
 
+    /// The core version the image stands for ([`DEFAULT_CORE`] unless recorded).
+    pub fn core(&self) -> &str {
+        self.core.as_deref().unwrap_or(DEFAULT_CORE)
+    }
+
+    /// The build-time OTA password, if the record carries one.
+    pub fn password(&self) -> Option<&str> {
+        self.password.as_deref()
+    }
+
     /// The record as embedded in the image (without the NUL): `HILFW app=.. version=.. ota=..`.
     pub fn line(&self) -> String {
         let mut line = format!(
@@ -184,6 +234,14 @@ impl Identity {
         if let Some(fault) = self.fault {
             line.push_str(" fault=");
             line.push_str(fault.name());
+        }
+        if let Some(core) = &self.core {
+            line.push_str(" core=");
+            line.push_str(core);
+        }
+        if let Some(password) = &self.password {
+            line.push_str(" password=");
+            line.push_str(password);
         }
         line
     }
@@ -199,12 +257,16 @@ impl Identity {
         let mut version = None;
         let mut ota = None;
         let mut fault = None;
+        let mut core = None;
+        let mut password = None;
         for (key, value) in words(line)? {
             let slot = match key {
                 "app" => &mut app,
                 "version" => &mut version,
                 "ota" => &mut ota,
                 "fault" => &mut fault,
+                "core" => &mut core,
+                "password" => &mut password,
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -216,7 +278,14 @@ impl Identity {
             Some(f) => Some(f.parse().ok()?),
             None => None,
         };
-        Identity::new(app?, version?, ota, fault).ok()
+        let mut identity = Identity::new(app?, version?, ota, fault).ok()?;
+        if let Some(core) = core {
+            identity = identity.with_core(core).ok()?;
+        }
+        if let Some(password) = password {
+            identity = identity.with_password(password).ok()?;
+        }
+        Some(identity)
     }
 
     /// The value of `key` in an identity line (for keys [`Identity`] ignores, like `state`).
@@ -249,6 +318,27 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.line())
     }
+}
+
+/// Splits `2.3.0` (or `2.4.0-rc2`) into its three numbers.
+pub fn parse_core_version(version: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = version.splitn(3, '.');
+    let mut number = |last: bool| -> Option<u32> {
+        let part = parts.next()?;
+        let digits = if last {
+            part.split_once('-').map_or(part, |(d, _)| d)
+        } else {
+            part
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.len() > 4 {
+            return None;
+        }
+        digits.parse().ok()
+    };
+    let major = number(false)?;
+    let minor = number(false)?;
+    let patch = number(true)?;
+    Some((major, minor, patch))
 }
 
 fn valid_value(value: &str) -> bool {
@@ -302,6 +392,34 @@ mod tests {
             "HILFW app=sonoff-ota version=1.0.0 ota=webserver"
         );
         assert_eq!(Identity::parse_line(&plain.line()), Some(plain));
+    }
+
+    #[test]
+    fn core_and_password_are_optional_words() {
+        let id = ident(Some(Fault::NoOta))
+            .with_core("2.3.0")
+            .unwrap()
+            .with_password("s3cret")
+            .unwrap();
+        assert_eq!(
+            id.line(),
+            "HILFW app=sonoff-ota version=1.0.0 ota=webserver fault=no-ota core=2.3.0 password=s3cret"
+        );
+        assert_eq!(Identity::parse_line(&id.line()), Some(id.clone()));
+        assert_eq!((id.core(), id.password()), ("2.3.0", Some("s3cret")));
+        // The default core is not recorded, so older records stay byte-identical.
+        let plain = ident(None).with_core(DEFAULT_CORE).unwrap();
+        assert_eq!(plain, ident(None));
+        assert_eq!(plain.core(), "3.1.2");
+        assert_eq!(plain.password(), None);
+        for bad in ["2.3", "two", "2.3.0 x"] {
+            assert!(ident(None).with_core(bad).is_err(), "{bad}");
+        }
+        assert!(ident(None).with_password("a b").is_err());
+        assert_eq!(
+            Identity::parse_line("HILFW app=a version=1 ota=arduino core=banana"),
+            None
+        );
     }
 
     #[test]

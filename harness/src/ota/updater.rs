@@ -229,6 +229,11 @@ pub struct CoreModel {
     pub bootstrap_check: bool,
     /// The first sector of a non-gzip image gets the running flash mode (core >= 2.4.2, #4877).
     pub patch_flash_mode: bool,
+    /// `begin()` checks the running header's flash size (error 8) and `end()` the staged
+    /// header (errors 9 and 10). Added by esp8266/Arduino PR #1259 (merged 2015-12-20), so the
+    /// first release with it is 2.1.0; the Updater.cpp before it has a one-argument `begin`
+    /// and no checks.
+    pub flash_config_checks: bool,
 }
 
 impl CoreModel {
@@ -236,12 +241,33 @@ impl CoreModel {
     pub const V3_1: CoreModel = CoreModel {
         bootstrap_check: true,
         patch_flash_mode: true,
+        flash_config_checks: true,
     };
-    /// Cores before 2.4.0 (what the field report's device most likely ran).
+    /// Cores 2.1.0 up to 2.4.0 (what the field report's device most likely ran): no bootstrap
+    /// check, no flash mode patch, but the flash size checks.
     pub const PRE_2_4: CoreModel = CoreModel {
         bootstrap_check: false,
         patch_flash_mode: false,
+        flash_config_checks: true,
     };
+    /// Cores before 2.1.0: none of the checks.
+    pub const PRE_2_1: CoreModel = CoreModel {
+        bootstrap_check: false,
+        patch_flash_mode: false,
+        flash_config_checks: false,
+    };
+
+    /// The model for a core version `MAJOR.MINOR.PATCH` (a suffix such as `-rc1` after the
+    /// patch number is ignored); `None` if it is not such a version.
+    pub fn for_version(version: &str) -> Option<CoreModel> {
+        let (major, minor, patch) = crate::image::identity::parse_core_version(version)?;
+        let at_least = |v: (u32, u32, u32)| (major, minor, patch) >= v;
+        Some(CoreModel {
+            bootstrap_check: at_least((2, 4, 0)),
+            patch_flash_mode: at_least((2, 4, 2)),
+            flash_config_checks: at_least((2, 1, 0)),
+        })
+    }
 }
 
 impl Default for CoreModel {
@@ -472,7 +498,7 @@ impl UpdateSession {
             Err(_) => 0,
         };
         let real = self.env.real_flash_size;
-        if sdk > real {
+        if self.env.core.flash_config_checks && sdk > real {
             return Err(self.fail(UpdaterError::FlashConfig { real, sdk }));
         }
         self.reset();
@@ -610,7 +636,7 @@ impl UpdateSession {
             }
         }
         let command = self.command;
-        if command == UpdateCommand::Flash {
+        if command == UpdateCommand::Flash && self.env.core.flash_config_checks {
             let mut head = [0u8; 4];
             if flash.read(self.start, &mut head).is_err() {
                 self.current = self.start;
@@ -1037,6 +1063,37 @@ mod tests {
             Err(UpdaterError::RunningAlready)
         );
         assert!(!s.is_running(), "the error reset drops the running update");
+    }
+
+    #[test]
+    fn core_versions_pick_the_checks() {
+        assert_eq!(CoreModel::for_version("3.1.2"), Some(CoreModel::V3_1));
+        assert_eq!(CoreModel::for_version("2.4.2"), Some(CoreModel::V3_1));
+        assert_eq!(
+            CoreModel::for_version("2.4.0-rc2").map(|c| (c.bootstrap_check, c.patch_flash_mode)),
+            Some((true, false))
+        );
+        assert_eq!(CoreModel::for_version("2.3.0"), Some(CoreModel::PRE_2_4));
+        assert_eq!(CoreModel::for_version("2.1.0"), Some(CoreModel::PRE_2_4));
+        assert_eq!(CoreModel::for_version("2.0.0"), Some(CoreModel::PRE_2_1));
+        for bad in ["", "2", "2.3", "2.x.0", "2.3.0.1", "-1.0.0", "2.3."] {
+            assert_eq!(CoreModel::for_version(bad), None, "{bad:?}");
+        }
+
+        // Without the checks a 4 MB image is staged on a 1 MB chip and commanded to eboot.
+        let mut big = MemFlash::with_sketch(3, 4, 1000);
+        let mut s = UpdateSession::new(DeviceEnv {
+            core: CoreModel::PRE_2_1,
+            ..env()
+        });
+        let mut four = image(5000, 3);
+        four[3] = 0x40;
+        let start = s.begin(&mut big, 5000, UpdateCommand::Flash).unwrap();
+        assert_eq!(s.write(&mut big, &four), 5000);
+        assert_eq!(
+            s.end(&mut big, false),
+            Ok(Some(EbootCommand::copy_raw(start, 0, 5000)))
+        );
     }
 
     #[test]

@@ -602,9 +602,14 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         Option<Subscription>,
         Box<dyn Resource>,
     );
+    let mut time_scale = config.time_scale;
     let (lines, capture, initial, backend): Parts = match &config.backend {
         Backend::Virtual(v) => {
             let sim = r#virtual::Sim::start_or_attach(config, v, options)?;
+            // The simulator runs on its own device clock; its scale is what our waits use.
+            if let Some(scale) = sim.time_scale() {
+                time_scale = scale;
+            }
             let (capture, sub) = start(capture_config(sim.pty().into()))?;
             for (k, val) in sim.describe() {
                 describe.push((k, val));
@@ -657,7 +662,7 @@ pub fn open(config: &BoardConfig, options: &OpenOptions) -> Result<BoardRig, Rig
         profile: config.profile,
         power_at_exit: config.power_at_exit,
         ota,
-        time_scale: config.time_scale,
+        time_scale,
         describe,
         guard: Some(guard),
         initial,

@@ -166,6 +166,16 @@ impl Sim {
         out
     }
 
+    /// The simulator's device-clock scale (`time-scale: 0.05` = real seconds per device
+    /// second), if it printed one.
+    pub(crate) fn time_scale(&self) -> Option<super::TimeScale> {
+        self.endpoints
+            .iter()
+            .find(|(k, _)| k == "time-scale")
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .and_then(super::TimeScale::new)
+    }
+
     /// OTA endpoints the simulator printed (`ota: 127.0.0.x:PORT` for ArduinoOTA, `http: ...`), if any.
     pub(crate) fn ota(&self) -> Option<OtaTarget> {
         let addr = |name: &str| {

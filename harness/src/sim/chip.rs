@@ -10,12 +10,20 @@
 //! value, so after a UART download session every soft restart comes back with boot mode 1 until
 //! power is cycled (esp8266/Arduino #1017, #1722; shared docs boot-log.md §2).
 
+use std::sync::Arc;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use crate::board::{BoardProfile, Chip as ChipKind};
 use crate::flash::proto::{self, Command, SlipDecoder};
+use crate::ota::updater::eboot as eboot_block;
 
+use super::app::App;
+use super::control::CopyCut;
+use super::eboot::Eboot;
 use super::flash_model::Flash;
+use super::net::{NetShared, NetState, OtaReply, OtaRequest, OtaService};
+use super::port::ServicePorts;
 use super::regs::Registers;
 use super::rom_loader::RomLoader;
 use super::stub::{Stub, StubKind};
@@ -36,6 +44,12 @@ pub const ROM_SYNC_VALUE: u32 = 0x2012_0707;
 pub const AUTOBAUD_MIN: u32 = 1200;
 /// Highest host rate the ROM's autobaud locks onto (an assumption, see [`AUTOBAUD_MIN`]).
 pub const AUTOBAUD_MAX: u32 = 3_000_000;
+
+/// Hardware watchdog timeout: about 8.2 s, measured by
+/// <https://sigmdel.ca/michel/program/esp8266/arduino/watchdogs_en.html> (also quoted by
+/// <https://www.weigu.lu/microcontroller/tips_tricks/watchdog_tips_tricks/>); shared docs
+/// boot-log.md §6 give 6–8 s.
+pub const HW_WDT_TIMEOUT: Duration = Duration::from_millis(8200);
 
 /// The two numbers the ROM prints as `boot mode:(X,Y)`.
 ///
@@ -70,16 +84,8 @@ pub enum ResetKind {
         rom_cause: u8,
     },
     /// Software reset of the digital core (eboot after a failed copy): rst cause 3, straps kept.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "raised by the firmware model (next part)")
-    )]
     CoreReset,
     /// Hardware watchdog: rst cause 4 and a `wdt reset` line, straps kept.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "raised by the firmware model (next part)")
-    )]
     Watchdog,
 }
 
@@ -121,8 +127,19 @@ pub enum Program {
     RamCode,
     /// The ROM stopped after printing why (`ets_main.c`, `unknown reset`).
     Halted,
-    /// The ROM found an image header at flash 0; running images is not simulated yet.
-    FlashImage,
+    /// eboot copying a staged OTA image (see [`super::eboot`]).
+    Eboot(Eboot),
+    /// An application loaded from flash (see [`super::app`]).
+    App(Box<App>),
+    /// Code runs but prints nothing and never returns (a wild jump, an oversized segment).
+    Hung,
+    /// A reset is due at `at` (device time), once the UART has sent what is queued.
+    Restarting {
+        /// When.
+        at: Duration,
+        /// Which reset.
+        kind: ResetKind,
+    },
 }
 
 impl Program {
@@ -134,9 +151,52 @@ impl Program {
             Program::Stub(_) => "stub",
             Program::RamCode => "ram-code",
             Program::Halted => "halted",
-            Program::FlashImage => "flash-image",
+            Program::Eboot(_) => "eboot-copy",
+            Program::App(_) => "app",
+            Program::Hung => "hung",
+            Program::Restarting { .. } => "restarting",
         }
     }
+
+    /// Whether the running code keeps the hardware watchdog fed. The ROM's download loop and
+    /// a halted ROM do not (after a software restart the watchdog the app armed fires there,
+    /// failure-modes.md A); the stub, eboot and a healthy app do.
+    fn feeds_wdt(&self) -> bool {
+        match self {
+            Program::Off | Program::RomDownload(_) | Program::RamCode | Program::Halted => false,
+            Program::Hung => false,
+            Program::App(app) => app.feeds_wdt(),
+            Program::Stub(_) | Program::Eboot(_) | Program::Restarting { .. } => true,
+        }
+    }
+}
+
+/// What a flash-boot program asks the chip to do next.
+#[derive(Debug)]
+pub enum Flow {
+    /// Nothing changes.
+    Stay,
+    /// Reset now.
+    Reset(ResetKind),
+    /// Switch the board's power off (a fault knob).
+    PowerOff,
+}
+
+/// The board's network side: what the firmware publishes for the OTA servers.
+#[derive(Debug, Clone)]
+pub struct NetLink {
+    /// Shared with the servers.
+    pub shared: Arc<NetShared>,
+    /// The servers' real ports.
+    pub ports: Arc<ServicePorts>,
+}
+
+/// Fault knobs set over the control channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Faults {
+    /// Cut the power during eboot's copy once this many sectors are done (`erased`: also
+    /// after erasing the next one, before writing it).
+    pub power_cut_during_copy: Option<CopyCut>,
 }
 
 /// What the chip put on its UART TX pin, or a pause while it was busy.
@@ -230,14 +290,60 @@ pub struct Hw {
     pub flash_attached: bool,
     /// Emit [`Output::Delay`] for flash busy times.
     pub realistic: bool,
+    /// Device time now (set by the chip thread, or by tests).
+    pub now: Duration,
+    /// RTC user memory at 0x60001200: eboot's command block. Survives software, core and
+    /// watchdog resets, not a power cut (failure-modes.md, intro).
+    pub rtc: [u32; eboot_block::WORDS],
+    /// The hardware watchdog is enabled (the SDK arms it; eboot turns it off for its copy).
+    pub wdt_enabled: bool,
+    /// When the unfed watchdog fires.
+    pub wdt_deadline: Option<Duration>,
+    /// Device time when the UART has sent everything queued so far.
+    pub tx_busy_until: Duration,
+    /// eboot copied an OTA image during this boot (the app then runs its first boot after an
+    /// update).
+    pub booted_after_copy: bool,
+    /// Counts UPDATE periods over the simulator's life ([`OtaService::generation`]).
+    pub ota_generation: u64,
+    /// The network side, if the simulator has one.
+    pub net: Option<NetLink>,
+    /// Fault knobs.
+    pub faults: Faults,
     epoch: u64,
     out: Vec<Output>,
+    /// Device time at which each queued item has left the UART.
+    out_ends: Vec<Duration>,
 }
 
 impl Hw {
+    /// A power cut or reset: what the UART had already sent by now stays (restamped with the
+    /// new epoch so the writer keeps it), the rest is lost.
+    fn cut_output(&mut self) {
+        self.epoch += 1;
+        let now = self.now;
+        let epoch = self.epoch;
+        let items = std::mem::take(&mut self.out);
+        let ends = std::mem::take(&mut self.out_ends);
+        for (mut item, end) in items.into_iter().zip(ends) {
+            if end > now {
+                break;
+            }
+            match &mut item {
+                Output::Tx { epoch: e, .. } | Output::Delay { epoch: e, .. } => *e = epoch,
+            }
+            self.out.push(item);
+            self.out_ends.push(end);
+        }
+        self.tx_busy_until = now;
+    }
+
     /// Queues `bytes` for transmission at the current rate.
     pub fn send(&mut self, bytes: Vec<u8>) {
         if !bytes.is_empty() {
+            let start = self.tx_busy_until.max(self.now);
+            self.tx_busy_until = start + super::pty::byte_time(bytes.len(), self.tx_baud);
+            self.out_ends.push(self.tx_busy_until);
             self.out.push(Output::Tx {
                 bytes,
                 baud: self.tx_baud,
@@ -259,6 +365,7 @@ impl Hw {
     /// Records that the chip is busy for `duration` before its next output (realistic timing).
     pub fn busy(&mut self, duration: Duration) {
         if self.realistic && !duration.is_zero() {
+            self.out_ends.push(self.now);
             self.out.push(Output::Delay {
                 duration,
                 epoch: self.epoch,
@@ -276,6 +383,26 @@ impl Hw {
     /// Current power/reset generation.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Publishes the OTA service (or its absence) for the servers.
+    pub fn publish_service(&mut self, service: Option<OtaService>) {
+        if let Some(net) = &self.net {
+            let current = net.shared.get();
+            if current.service != service {
+                net.shared.set(NetState {
+                    ip: current.ip,
+                    service,
+                });
+            }
+        }
+    }
+
+    /// The board's IP address (127.0.0.1 without a network side).
+    pub fn ip(&self) -> std::net::Ipv4Addr {
+        self.net
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |n| n.shared.get().ip)
     }
 
     /// The boot mode the straps give right now (what a reset would latch).
@@ -318,6 +445,10 @@ pub struct Status {
     pub uart_tx: u32,
     /// UART receive rate, `None` while autobauding.
     pub uart_rx: Option<u32>,
+    /// Program-specific `key=value` words (eboot's sector, the app's state).
+    pub detail: Option<String>,
+    /// An eboot command is waiting in RTC memory.
+    pub rtc_command: bool,
 }
 
 impl std::fmt::Display for Status {
@@ -349,9 +480,18 @@ impl std::fmt::Display for Status {
         )?;
         write!(f, " uart_tx={}", self.uart_tx)?;
         match self.uart_rx {
-            Some(r) => write!(f, " uart_rx={r}"),
-            None => write!(f, " uart_rx=auto"),
+            Some(r) => write!(f, " uart_rx={r}")?,
+            None => write!(f, " uart_rx=auto")?,
         }
+        write!(
+            f,
+            " rtc_cmd={}",
+            if self.rtc_command { "yes" } else { "no" }
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, " {detail}")?;
+        }
+        Ok(())
     }
 }
 
@@ -382,8 +522,18 @@ impl Chip {
                 soft_started_after_download: false,
                 flash_attached: false,
                 realistic,
+                now: Duration::ZERO,
+                rtc: [0; eboot_block::WORDS],
+                wdt_enabled: false,
+                wdt_deadline: None,
+                tx_busy_until: Duration::ZERO,
+                booted_after_copy: false,
+                ota_generation: 0,
+                net: None,
+                faults: Faults::default(),
                 epoch: 0,
                 out: Vec::new(),
+                out_ends: Vec::new(),
             },
             program: Program::Off,
             rx_frames: SlipDecoder::new(),
@@ -398,6 +548,7 @@ impl Chip {
 
     /// Drains the queued output.
     pub fn take_output(&mut self) -> Vec<Output> {
+        self.hw.out_ends.clear();
         std::mem::take(&mut self.hw.out)
     }
 
@@ -415,6 +566,12 @@ impl Chip {
                 RxMode::Autobaud => None,
                 RxMode::Fixed(r) => Some(r),
             },
+            detail: match &self.program {
+                Program::Eboot(e) => Some(e.status()),
+                Program::App(a) => Some(a.status(&self.hw)),
+                _ => None,
+            },
+            rtc_command: crate::ota::updater::EbootCommand::from_words(&self.hw.rtc).is_ok(),
         }
     }
 
@@ -429,24 +586,32 @@ impl Chip {
 
     /// Transition: remove power. RAM, RTC memory, latched straps and queued output are lost.
     pub fn power_off(&mut self) {
+        self.hw.publish_service(None);
+        self.hw.rtc = [0; eboot_block::WORDS];
+        self.hw.wdt_enabled = false;
+        self.hw.wdt_deadline = None;
+        self.hw.booted_after_copy = false;
+        self.hw.cut_output();
         self.hw.powered = false;
-        self.hw.epoch += 1;
         self.hw.latched = None;
         self.hw.rst_cause = None;
         self.hw.soft_started_after_download = false;
         self.hw.flash_attached = false;
         self.hw.ram.clear();
         self.hw.regs.reset();
-        self.hw.out.clear();
         self.hw.set_baud(proto::ROM_PRINT_BAUD);
         self.rx_frames.reset();
         self.program = Program::Off;
     }
 
-    /// Transition: press (`true`) or release the button on GPIO0. Takes effect at the next reset
-    /// that samples the straps.
+    /// Transition: press (`true`) or release the button on GPIO0. The straps see it at the next
+    /// reset that samples them; a running app sees it as its button.
     pub fn set_button(&mut self, down: bool) {
+        let changed = self.hw.gpio0_low != down;
         self.hw.gpio0_low = down;
+        if changed && let Program::App(app) = &mut self.program {
+            app.on_button(&mut self.hw, down);
+        }
     }
 
     /// Transition: reset the powered chip and run the ROM.
@@ -455,13 +620,20 @@ impl Chip {
             return;
         }
         if kind.cuts_output() {
-            self.hw.epoch += 1;
-            self.hw.out.clear();
+            self.hw.cut_output();
         }
         if kind.samples_straps() || self.hw.latched.is_none() {
             self.hw.latched = Some(self.hw.sample_straps());
             self.hw.soft_started_after_download = false;
         }
+        self.hw.publish_service(None);
+        // A software restart leaves the watchdog running (eboot.c: "after a soft restart the
+        // WDT is already enabled"); every other reset stops it.
+        if !matches!(kind, ResetKind::SoftRestart { .. }) {
+            self.hw.wdt_enabled = false;
+        }
+        self.hw.wdt_deadline = None;
+        self.hw.booted_after_copy = false;
         self.hw.rst_cause = Some(kind.rom_cause());
         self.hw.flash_attached = false;
         self.hw.ram.clear();
@@ -469,10 +641,109 @@ impl Chip {
         self.rx_frames.reset();
         self.program = Program::Off;
         super::rom::rom_main(self);
+        self.after_program_change();
     }
 
     pub(crate) fn set_program(&mut self, program: Program) {
         self.program = program;
+    }
+
+    /// Re-evaluates the hardware watchdog after the program changed: it counts down while
+    /// enabled and not fed, and stops counting while fed.
+    pub(crate) fn after_program_change(&mut self) {
+        if self.hw.powered && self.hw.wdt_enabled && !self.program.feeds_wdt() {
+            if self.hw.wdt_deadline.is_none() {
+                self.hw.wdt_deadline = Some(self.hw.now + HW_WDT_TIMEOUT);
+            }
+        } else {
+            self.hw.wdt_deadline = None;
+        }
+    }
+
+    /// Sets the device time (never backwards).
+    pub fn set_time(&mut self, now: Duration) {
+        self.hw.now = self.hw.now.max(now);
+    }
+
+    /// The next device time at which something is due, if any.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if !self.hw.powered {
+            return None;
+        }
+        let program = match &self.program {
+            Program::Eboot(e) => e.deadline(),
+            Program::App(a) => a.deadline(),
+            Program::Restarting { at, .. } => Some(*at),
+            _ => None,
+        };
+        [program, self.hw.wdt_deadline].into_iter().flatten().min()
+    }
+
+    /// Advances device time to `now`, firing everything due on the way, each at its own time.
+    pub fn advance(&mut self, now: Duration) {
+        // Each firing either consumes its deadline or moves it later; the bound only guards
+        // against a model bug spinning the chip thread.
+        for _ in 0..100_000 {
+            match self.next_deadline() {
+                Some(due) if due <= now => {
+                    self.hw.now = self.hw.now.max(due);
+                    self.fire();
+                }
+                _ => break,
+            }
+        }
+        self.set_time(now);
+    }
+
+    fn fire(&mut self) {
+        let now = self.hw.now;
+        if self.hw.wdt_deadline.is_some_and(|d| d <= now) {
+            self.hw.wdt_deadline = None;
+            self.reset(ResetKind::Watchdog);
+            return;
+        }
+        let flow = match std::mem::replace(&mut self.program, Program::Off) {
+            Program::Eboot(mut e) => {
+                let (next, flow) = e.on_timer(&mut self.hw);
+                self.program = next.unwrap_or(Program::Eboot(e));
+                flow
+            }
+            Program::App(mut app) => {
+                let flow = app.on_timer(&mut self.hw);
+                self.program = Program::App(app);
+                flow
+            }
+            Program::Restarting { at, kind } if at <= now => Flow::Reset(kind),
+            other => {
+                self.program = other;
+                Flow::Stay
+            }
+        };
+        self.apply_flow(flow);
+        self.after_program_change();
+    }
+
+    fn apply_flow(&mut self, flow: Flow) {
+        match flow {
+            Flow::Stay => {}
+            Flow::Reset(kind) => self.reset(kind),
+            Flow::PowerOff => self.power_off(),
+        }
+    }
+
+    /// A request of an OTA server; the answer goes to `reply` (maybe later, when the flash
+    /// operation it started is done).
+    pub fn on_ota(&mut self, generation: u64, request: OtaRequest, reply: Sender<OtaReply>) {
+        match &mut self.program {
+            Program::App(app) if self.hw.powered => {
+                let flow = app.on_ota(&mut self.hw, generation, request, reply);
+                self.apply_flow(flow);
+                self.after_program_change();
+            }
+            _ => {
+                let _ = reply.send(OtaReply::NotRunning);
+            }
+        }
     }
 
     /// Transition: bytes arrived on UART RX, sent by the host at `host_baud`.
@@ -518,6 +789,11 @@ impl Chip {
     }
 
     fn apply(&mut self, action: Action) {
+        self.apply_action(action);
+        self.after_program_change();
+    }
+
+    fn apply_action(&mut self, action: Action) {
         match action {
             Action::None => {}
             Action::SetBaud { baud } => self.hw.set_baud(baud),
@@ -663,7 +939,7 @@ pub(crate) mod tests {
         assert!(c.hw.epoch() > e);
         assert_eq!(
             c.status().to_string(),
-            "power=off button=up boot_mode=- rst_cause=- state=off soft_started=no uart_tx=74880 uart_rx=74880"
+            "power=off button=up boot_mode=- rst_cause=- state=off soft_started=no uart_tx=74880 uart_rx=74880 rtc_cmd=no"
         );
     }
 }

@@ -10,9 +10,21 @@
 //! | `power on` / `power off` / `power cycle` | switch the board's supply; `on` when already on changes nothing |
 //! | `button down` / `button up` | hold or release the button on GPIO0 (the boot strap) |
 //! | `reset` | pulse RST/EN (an external reset: straps sampled, rst cause 2) |
-//! | `status` | `ok power=on button=up boot_mode=1,6 rst_cause=1 state=rom-download soft_started=no uart_tx=74880 uart_rx=auto` |
+//! | `status` | `ok power=on button=up boot_mode=1,6 rst_cause=1 state=rom-download soft_started=no uart_tx=74880 uart_rx=auto rtc_cmd=no` |
+//! | `fault power-cut-during-copy N` | cut the power when eboot's copy has copied N sectors (0 = before the first erase) |
+//! | `fault power-cut-during-copy N erased` | the same, but after sector N was erased and before it is written |
+//! | `fault clear` | no fault knob armed |
 //!
-//! `state` is one of `off`, `rom-download`, `stub`, `ram-code`, `halted`, `flash-image`.
+//! `state` is one of `off`, `rom-download`, `stub`, `ram-code`, `halted`, `eboot-copy`, `app`,
+//! `hung`, `restarting`. `rtc_cmd=yes` while a valid eboot command waits in RTC memory. Some
+//! states add words at the end:
+//!
+//! - `eboot-copy`: `sector=N/M` (N sectors of M copied), e.g.
+//!   `... state=eboot-copy ... rtc_cmd=yes sector=3/8`;
+//! - `app`: `app=sonoff-ota version=1.0.0 fw_state=RUN relay=off led=on` for the reference
+//!   firmware (`fw_state` is `BOOT` before its `setup()`, then `RUN`, `UPDATE` or `HUNG`),
+//!   `app=other`, `app=unknown` (no identity
+//!   record) or `app=crashing` with `fw_state=-` otherwise.
 
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -25,6 +37,15 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use super::SimControl;
+
+/// Where in eboot's copy a power cut is armed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyCut {
+    /// Sectors completely copied before the cut.
+    pub sectors: u32,
+    /// Also erase the next sector before the cut (it is left blank).
+    pub erased: bool,
+}
 
 /// A control command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +62,8 @@ pub enum ControlCommand {
     Reset,
     /// Report the chip's state.
     Status,
+    /// Arm (or with `None` disarm) a power cut during eboot's copy.
+    PowerCutDuringCopy(Option<CopyCut>),
 }
 
 /// The answer to a control command.
@@ -62,7 +85,8 @@ impl fmt::Display for Reply {
     }
 }
 
-const USAGE: &str = "power on|off|cycle, button down|up, reset, status";
+const USAGE: &str = "power on|off|cycle, button down|up, reset, status, \
+                     fault power-cut-during-copy N [erased], fault clear";
 
 /// Parses one control line.
 pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -79,8 +103,28 @@ pub fn parse(line: &str) -> Result<ControlCommand, String> {
         ["button", "up"] => Ok(ControlCommand::Button(false)),
         ["reset"] => Ok(ControlCommand::Reset),
         ["status"] => Ok(ControlCommand::Status),
+        ["fault", "clear"] => Ok(ControlCommand::PowerCutDuringCopy(None)),
+        ["fault", "power-cut-during-copy", n, rest @ ..] if rest.len() <= 1 => {
+            let sectors = n
+                .parse()
+                .map_err(|_| format!("bad sector count `{n}` (expected a number, e.g. 3)"))?;
+            let erased = match rest {
+                [] => false,
+                ["erased"] => true,
+                [other] => {
+                    return Err(format!(
+                        "bad argument `{other}` after the sector count (expected `erased`)"
+                    ));
+                }
+                _ => unreachable!(),
+            };
+            Ok(ControlCommand::PowerCutDuringCopy(Some(CopyCut {
+                sectors,
+                erased,
+            })))
+        }
         [] => Err(format!("empty command (expected {USAGE})")),
-        ["power" | "button", rest @ ..] => Err(format!(
+        ["power" | "button" | "fault", rest @ ..] => Err(format!(
             "bad argument `{}` for `{}` (expected {USAGE})",
             rest.join(" "),
             words[0]
@@ -167,6 +211,39 @@ mod tests {
         assert_eq!(parse("button up"), Ok(ControlCommand::Button(false)));
         assert_eq!(parse("reset"), Ok(ControlCommand::Reset));
         assert_eq!(parse("status"), Ok(ControlCommand::Status));
+        assert_eq!(
+            parse("fault power-cut-during-copy 3"),
+            Ok(ControlCommand::PowerCutDuringCopy(Some(CopyCut {
+                sectors: 3,
+                erased: false
+            })))
+        );
+        assert_eq!(
+            parse("FAULT power-cut-during-copy 0 erased"),
+            Ok(ControlCommand::PowerCutDuringCopy(Some(CopyCut {
+                sectors: 0,
+                erased: true
+            })))
+        );
+        assert_eq!(
+            parse("fault clear"),
+            Ok(ControlCommand::PowerCutDuringCopy(None))
+        );
+        assert!(
+            parse("fault power-cut-during-copy x")
+                .unwrap_err()
+                .contains("bad sector count `x`")
+        );
+        assert!(
+            parse("fault power-cut-during-copy 1 later")
+                .unwrap_err()
+                .contains("bad argument `later`")
+        );
+        assert!(
+            parse("fault explode")
+                .unwrap_err()
+                .contains("bad argument `explode` for `fault`")
+        );
     }
 
     #[test]

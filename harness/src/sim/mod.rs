@@ -1,22 +1,31 @@
 //! The virtual Sonoff: one simulated ESP8266/ESP8285 board behind a real pty.
 //!
 //! The simulator sits beside the layers: it uses only L0 modules ([`crate::board`],
-//! [`crate::flash::proto`]) and is reached the way hardware is, through a serial port (a pty)
-//! and, later, loopback sockets. Nothing above `rig::virtual` may know it exists.
+//! [`crate::flash::proto`], [`crate::image`], [`crate::ota`], [`crate::firmware`]) and is
+//! reached the way hardware is, through a serial port (a pty) and loopback sockets. Nothing
+//! above `rig::virtual` may know it exists.
 //!
 //! # What it models
 //!
 //! - `chip`: power, boot straps latched at power-on/external reset only, rst cause, UART
-//!   rates; `rom`: the boot ROM's banner and boot decision; `rom_loader`: the ROM's UART
-//!   download loop; `stub`: the esptool flasher stub; `regs`: eFuses, UART divider and the SPI
-//!   flash controller; `boot`: the seam where booting from flash continues (images, eboot and
-//!   the app come later); `pty`: the pseudo-terminal and its reader/writer threads.
+//!   rates, RTC memory (eboot's command; kept over software and watchdog resets, lost at power
+//!   off), the hardware watchdog (8.2 s when enabled and not fed) and device-time timers;
+//!   `rom`: the boot ROM's banner and boot decision; `rom_loader`: the ROM's UART download loop;
+//!   `stub`: the esptool flasher stub; `regs`: eFuses, UART divider and the SPI flash
+//!   controller; `pty`: the pseudo-terminal and its reader/writer threads.
+//! - `boot`: the ROM loading the image at flash 0x0 (`load`/`tail`/`chksum`/`csum` lines,
+//!   `csum err`, flash modes the board cannot run); `eboot`: the Arduino boot loader (`v`, `@`/`~`,
+//!   the copy of a staged OTA image in device time, `ld`, `e:N`); `app`: what runs after it: the
+//!   reference firmware of `firmware/` (state machine, button, OTA through the core's Updater,
+//!   built-in faults), other images, and crash loops of broken ones.
+//! - [`net`]: the firmware's OTA service as the OTA servers see it, reached through a
+//!   `FirmwarePort`; [`clock`]: device time against real time.
 //! - [`flash_model`]: NOR flash of the board's real size in a file (or memory), addresses
 //!   wrapping, writes going straight to the file.
 //! - [`uart`]: bytes read at the wrong baud rate become what a real UART delivers. The ROM
 //!   prints at 74880; its download loop autobauds on the host's first SYNC (the ESP8266 ROM
 //!   measures the incoming rate, which is why esptool can talk at 115200 to a ROM that printed at
-//!   74880); the stub keeps that rate until CHANGE_BAUDRATE.
+//!   74880); the stub keeps that rate until CHANGE_BAUDRATE; the app switches to 115200.
 //!
 //! # Running it
 //!
@@ -29,24 +38,39 @@
 //! control: /tmp/.tmpAbC123/control.sock
 //! flash: /tmp/.tmpAbC123/flash.bin
 //! tx-log: /tmp/capture.bin        (only with --tx-log)
+//! time-scale: 0.05
 //!
 //! ```
 //!
 //! The control protocol (socket and stdin) is described in [`control`]. The board starts
 //! powered, with the button held if the boot straps say download, and stays so until told
-//! otherwise.
+//! otherwise. The answer to a power or reset command comes after everything the board sent
+//! before it is on the pty, so a client that flushes its input after the answer starts clean.
 //!
 //! # Timing
 //!
-//! By default everything is as fast as the host allows. With realistic timing the UART paces
-//! bytes at 10 bits per byte in both directions and flash erase/program take their datasheet
-//! times ([`flash_model`]).
+//! Timed behaviour (debounce, UPDATE timeout, watchdogs, eboot's copy, flash busy times of OTA
+//! writes) runs in device time, which [`clock::Clock`] maps to real time: 0.05 real seconds
+//! per device second by default, 1.0 with realistic timing, or `--time-scale X`. The chip
+//! thread sleeps until the next device deadline or the next event, and fires each timer at its
+//! own device time, so the order of events is the same at every scale. With realistic timing
+//! the UART also paces bytes at 10 bits per byte in both directions and the ROM loader's flash
+//! operations take their datasheet times ([`flash_model`]).
 
+pub(crate) mod app;
 pub(crate) mod boot;
 pub(crate) mod chip;
+pub mod clock;
 pub mod control;
+pub(crate) mod eboot;
+#[cfg(test)]
+mod flash_boot_tests;
 pub mod flash_model;
+pub mod net;
+pub(crate) mod port;
 pub(crate) mod pty;
+#[cfg(test)]
+mod pty_tests;
 pub(crate) mod regs;
 pub(crate) mod rom;
 pub(crate) mod rom_loader;
@@ -54,6 +78,7 @@ pub(crate) mod stub;
 pub mod uart;
 
 use std::fs::OpenOptions;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -64,9 +89,13 @@ use std::thread::JoinHandle;
 
 use crate::board::BoardProfile;
 
-use self::chip::{Chip, Output, ResetKind};
+use self::chip::{Chip, NetLink, ResetKind};
+use self::clock::Clock;
 use self::control::{ControlCommand, Reply};
 use self::flash_model::Flash;
+use self::net::{NetShared, OtaReply, OtaRequest};
+pub(crate) use self::port::FirmwarePort;
+pub use self::port::ServicePorts;
 
 /// Boot strap setting at power-on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,6 +121,11 @@ pub struct SimConfig {
     pub realistic_timing: bool,
     /// Append every byte the chip puts on the pty to this file.
     pub tx_log: Option<PathBuf>,
+    /// Real seconds per device second; `None`: 1.0 with realistic timing, else [`Clock::FAST`].
+    pub time_scale: Option<f64>,
+    /// A firmware file to write at flash 0x0 before the first power-on (the sectors it covers
+    /// are erased first, as esptool's write-flash does).
+    pub image: Option<Vec<u8>>,
 }
 
 impl SimConfig {
@@ -103,12 +137,23 @@ impl SimConfig {
             boot: BootStraps::Flash,
             realistic_timing: false,
             tx_log: None,
+            time_scale: None,
+            image: None,
         }
+    }
+
+    /// The device clock scale this configuration asks for.
+    pub fn scale(&self) -> f64 {
+        self.time_scale.unwrap_or(if self.realistic_timing {
+            Clock::REALISTIC
+        } else {
+            Clock::FAST
+        })
     }
 }
 
 /// Where to reach a running simulator.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
     /// The board's serial port.
     pub pty: PathBuf,
@@ -118,6 +163,10 @@ pub struct Endpoints {
     pub flash: PathBuf,
     /// The TX log, if any.
     pub tx_log: Option<PathBuf>,
+    /// Real seconds per device second.
+    pub time_scale: f64,
+    /// The board's own network address.
+    pub ip: Ipv4Addr,
 }
 
 impl Endpoints {
@@ -131,6 +180,7 @@ impl Endpoints {
         if let Some(log) = &self.tx_log {
             lines.push(format!("tx-log: {}", log.display()));
         }
+        lines.push(format!("time-scale: {}", self.time_scale));
         lines
     }
 }
@@ -195,6 +245,22 @@ pub enum SimError {
     #[error("simulator I/O error")]
     #[diagnostic(code(harness::sim::io))]
     Io(#[source] std::io::Error),
+    /// The image does not fit the board's flash.
+    #[error("the image is {len} bytes, larger than the board's {flash} bytes of flash")]
+    #[diagnostic(code(harness::sim::image_size))]
+    ImageTooLarge {
+        /// Image length.
+        len: usize,
+        /// Flash size.
+        flash: u32,
+    },
+    /// The time scale is not usable.
+    #[error("time scale {0} is out of range")]
+    #[diagnostic(
+        code(harness::sim::time_scale),
+        help("give real seconds per device second, between 0.0001 and 100 (fast default 0.05)")
+    )]
+    TimeScale(f64),
     /// The simulator has already stopped.
     #[error("the simulator has stopped")]
     #[diagnostic(code(harness::sim::stopped))]
@@ -213,6 +279,15 @@ pub(crate) enum Event {
     },
     /// A control command and where to send its answer.
     Control(ControlCommand, Sender<Reply>),
+    /// A request of an OTA server to the firmware (see [`net`]).
+    Ota {
+        /// The service generation the server is talking to.
+        generation: u64,
+        /// What it asks.
+        request: OtaRequest,
+        /// Where the answer goes.
+        reply: Sender<OtaReply>,
+    },
     /// Stop the chip thread.
     Shutdown,
 }
@@ -250,6 +325,8 @@ impl SimControl {
 pub struct SimHandle {
     endpoints: Endpoints,
     control: SimControl,
+    #[allow(dead_code, reason = "handed to the OTA servers")]
+    firmware: FirmwarePort,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -259,6 +336,8 @@ impl SimHandle {
     /// Opens the pty, flash and control socket, starts the threads and powers the board on.
     pub fn start(config: SimConfig) -> Result<SimHandle, SimError> {
         let board = config.board;
+        let scale = config.scale();
+        let clock = Clock::new(scale).ok_or(SimError::TimeScale(scale))?;
         let dir = tempfile::Builder::new()
             .prefix("harness-sim-")
             .tempdir()
@@ -280,7 +359,10 @@ impl SimHandle {
             .flash
             .clone()
             .unwrap_or_else(|| dir.path().join("flash.bin"));
-        let flash = open_flash(&flash_path, board.flash_size)?;
+        let mut flash = open_flash(&flash_path, board.flash_size)?;
+        if let Some(image) = &config.image {
+            write_image(&mut flash, image)?;
+        }
         let control_path = dir.path().join("control.sock");
         let listener = bind_control(&control_path)?;
         let pty = pty::Pty::open()?;
@@ -289,9 +371,18 @@ impl SimHandle {
             control: control_path,
             flash: flash_path,
             tx_log: config.tx_log.clone(),
+            time_scale: scale,
+            ip: board_ip(),
         };
+        let net = Arc::new(NetShared::new(endpoints.ip));
 
+        let ports = Arc::new(ServicePorts::default());
         let mut chip = Chip::new(board, flash, config.realistic_timing);
+        chip.hw.net = Some(NetLink {
+            shared: Arc::clone(&net),
+            ports: Arc::clone(&ports),
+        });
+        chip.set_time(clock.now());
         chip.set_button(config.boot == BootStraps::Download);
         chip.power_on();
 
@@ -302,6 +393,7 @@ impl SimHandle {
         let control = SimControl {
             events: events_tx.clone(),
         };
+        let firmware = FirmwarePort::new(events_tx.clone(), Arc::clone(&net), clock, ports);
         let (reader_fd, writer_fd, probe) = pty.into_parts()?;
 
         let mut threads = Vec::new();
@@ -327,7 +419,7 @@ impl SimHandle {
             let epoch = Arc::clone(&epoch);
             threads.push(spawn(
                 "sim-chip",
-                Box::new(move || run_chip(chip, events_rx, out_tx, epoch)),
+                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock)),
             )?);
         }
         {
@@ -350,6 +442,7 @@ impl SimHandle {
         Ok(SimHandle {
             endpoints,
             control,
+            firmware,
             stop,
             threads,
             _dir: dir,
@@ -364,6 +457,12 @@ impl SimHandle {
     /// A cloneable control sender (for other threads, e.g. a stdin reader).
     pub fn control(&self) -> SimControl {
         self.control.clone()
+    }
+
+    /// The port OTA servers use to reach the firmware.
+    #[allow(dead_code, reason = "the OTA servers' entry point")]
+    pub(crate) fn firmware_port(&self) -> FirmwarePort {
+        self.firmware.clone()
     }
 
     /// Sends one control command and waits for its answer.
@@ -392,6 +491,30 @@ impl Drop for SimHandle {
     }
 }
 
+/// A loopback address of its own for each simulator: the low bits of the process id plus a
+/// per-process counter, in 127.0.0.2..=127.0.0.254 (collisions only cost uniqueness, never a
+/// port: the servers pick free ports).
+fn board_ip() -> Ipv4Addr {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = u64::from(std::process::id()) * 7 + NEXT.fetch_add(1, Ordering::Relaxed);
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
+}
+
+fn write_image(flash: &mut Flash, image: &[u8]) -> Result<(), SimError> {
+    if image.len() > flash.size() as usize {
+        return Err(SimError::ImageTooLarge {
+            len: image.len(),
+            flash: flash.size(),
+        });
+    }
+    let sector = crate::flash::proto::FLASH_SECTOR_SIZE as usize;
+    for at in (0..image.len()).step_by(sector) {
+        flash.erase_sector(at as u32).map_err(SimError::Io)?;
+    }
+    flash.program(0, image).map_err(SimError::Io)?;
+    Ok(())
+}
+
 fn open_flash(path: &Path, size: u32) -> Result<Flash, SimError> {
     if path.exists() {
         Flash::open(path, size).map_err(|source| SimError::FlashFile {
@@ -417,24 +540,76 @@ fn bind_control(path: &Path) -> Result<UnixListener, SimError> {
     Ok(listener)
 }
 
-/// The chip thread: applies events in order and hands the output to the writer.
-fn run_chip(mut chip: Chip, events: Receiver<Event>, out: Sender<Output>, epoch: Arc<AtomicU64>) {
+/// The chip thread: applies events in order, fires the chip's timers when they are due in
+/// device time, and hands the output to the writer.
+fn run_chip(
+    mut chip: Chip,
+    events: Receiver<Event>,
+    out: Sender<pty::WriterMsg>,
+    epoch: Arc<AtomicU64>,
+    clock: Clock,
+) {
     let flush = |chip: &mut Chip| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
         for o in chip.take_output() {
-            let _ = out.send(o);
+            let _ = out.send(pty::WriterMsg::Out(o));
         }
     };
-    flush(&mut chip);
-    for event in events {
+    // After power and reset commands the answer waits until the writer has put everything
+    // before on the pty (or dropped it as stale), so a client that flushes its input after
+    // the answer never sees output from before the command. Bounded, never a deadlock.
+    let barrier = |out: &Sender<pty::WriterMsg>| {
+        let (done, wait) = mpsc::channel();
+        if out.send(pty::WriterMsg::Barrier(done)).is_ok() {
+            let _ = wait.recv_timeout(std::time::Duration::from_secs(2));
+        }
+    };
+    loop {
+        chip.advance(clock.now());
+        flush(&mut chip);
+        let event = match chip.next_deadline() {
+            Some(due) => {
+                // At least a moment: a deadline that a model bug failed to consume must not
+                // spin the thread.
+                let wait = clock
+                    .instant_at(due)
+                    .saturating_duration_since(std::time::Instant::now())
+                    .max(std::time::Duration::from_micros(100));
+                match events.recv_timeout(wait) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match events.recv() {
+                Ok(event) => event,
+                Err(_) => break,
+            },
+        };
+        // Timers due before the event fire first, at their own device time.
+        chip.advance(clock.now());
         match event {
             Event::Rx { bytes, host_baud } => chip.on_rx(&bytes, host_baud),
             Event::Control(cmd, reply) => {
+                let settles = matches!(
+                    cmd,
+                    ControlCommand::PowerOn
+                        | ControlCommand::PowerOff
+                        | ControlCommand::PowerCycle
+                        | ControlCommand::Reset
+                );
                 let answer = apply_control(&mut chip, cmd);
                 flush(&mut chip);
+                if settles {
+                    barrier(&out);
+                }
                 let _ = reply.send(answer);
-                continue;
             }
+            Event::Ota {
+                generation,
+                request,
+                reply,
+            } => chip.on_ota(generation, request, reply),
             Event::Shutdown => break,
         }
         flush(&mut chip);
@@ -460,6 +635,7 @@ fn apply_control(chip: &mut Chip, cmd: ControlCommand) -> Reply {
             chip.reset(ResetKind::External);
         }
         ControlCommand::Status => return Reply::Ok(Some(chip.status().to_string())),
+        ControlCommand::PowerCutDuringCopy(cut) => chip.hw.faults.power_cut_during_copy = cut,
     }
     Reply::Ok(None)
 }
@@ -506,6 +682,15 @@ mod tests {
         let ep = sim.endpoints().clone();
         assert_eq!(ep.flash, flash);
         assert_eq!(ep.lines()[0], format!("pty: {}", ep.pty.display()));
+        assert!(ep.lines().contains(&"time-scale: 0.05".to_string()));
+        let port = sim.firmware_port();
+        assert_eq!(port.net().get().ip, ep.ip);
+        assert_eq!(port.net().get().service, None);
+        assert_eq!(
+            port.request(0, OtaRequest::Abort),
+            OtaReply::NotRunning,
+            "no service before the firmware starts one"
+        );
         assert_eq!(std::fs::metadata(&flash).unwrap().len(), 1 << 20);
 
         // The pty starts at the ROM's 74880 baud, so a plain open reads the banner as text.

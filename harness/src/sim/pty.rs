@@ -216,6 +216,15 @@ pub fn run_reader(
     }
 }
 
+/// What the chip thread hands to the writer.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// Output to put on the line.
+    Out(Output),
+    /// Answer once everything before has been written (or dropped as stale).
+    Barrier(std::sync::mpsc::Sender<()>),
+}
+
 /// Puts the chip's output on the pty: resampled to the host's rate, logged, and paced.
 pub struct Writer {
     /// Master descriptor to write to.
@@ -234,12 +243,19 @@ pub struct Writer {
 
 impl Writer {
     /// Runs until the output channel closes.
-    pub fn run(mut self, outputs: Receiver<Output>) {
+    pub fn run(mut self, outputs: Receiver<WriterMsg>) {
         let mut pacer = Pacer::new();
-        for item in outputs {
+        for msg in outputs {
             if self.stop.load(Ordering::Relaxed) {
                 return;
             }
+            let item = match msg {
+                WriterMsg::Out(item) => item,
+                WriterMsg::Barrier(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
             let current = || self.epoch.load(Ordering::Relaxed);
             match item {
                 Output::Delay { duration, epoch } => {
