@@ -5,8 +5,8 @@
 //! Runs, each on a fresh `harness sim --realistic-timing --boot download` (Sonoff 4CH):
 //!
 //! 1. `harness flash --port` (the ROM protocol only: sync, detect, attach, RDID, write);
-//! 2. `harness flash --board` through a rig (adds download-mode entry by GPIO0 + power and the
-//!    power cycle after);
+//! 2. `harness flash --board` through a rig (adds download-mode entry by GPIO0 + power, the
+//!    power cycle after and the wait for the identity line: the whole job);
 //! 3. `esptool --no-stub write-flash --no-compress` (the like-for-like peer: the same ROM
 //!    protocol);
 //! 4. `esptool write-flash` with its stub, compressed (the default; the one to beat).
@@ -226,7 +226,7 @@ fn main() {
         let t = timed(c, "harness flash --board");
         runs.push(Run {
             name: "harness flash --board (rig)",
-            protocol: "ROM + reset, power cycle",
+            protocol: "ROM + reset, power cycle, verify",
             seconds: t.as_secs_f64(),
             flash,
         });

@@ -12,7 +12,7 @@ use harness::flash::{
     self, FlashError, FlashOptions, Progress, SyncConfig, VERIFY_TIMEOUT, Verification, Written,
 };
 use harness::image::{self, Lint, Severity};
-use harness::rig::{self, BoardConfig, Link, OpenOptions, RigConfig, RigError, safety};
+use harness::rig::{self, BoardConfig, Link, OpenOptions, RigConfig, RigError, TimeScale, safety};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use miette::{Context as _, IntoDiagnostic as _};
 
@@ -59,7 +59,7 @@ pub struct FlashArgs {
     baud: u32,
 
     /// Seconds to wait for the identity line after the reboot [default: 10 on a rig, 60 with
-    /// --port].
+    /// --port]. Device time: a virtual board that runs faster than real time waits less.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     verify_timeout: Option<Duration>,
 
@@ -242,7 +242,7 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
                 timeout.as_secs_f64(),
                 expected
             );
-            match flash::wait_identity(&lines, expected, timeout) {
+            match flash::wait_identity(&lines, expected, timeout, TimeScale::REAL) {
                 Ok(id) => Verification::Identity(id),
                 Err(e) => return failure(e),
             }

@@ -13,7 +13,7 @@ use crate::board::BoardProfile;
 use crate::bootlog::Banner;
 use crate::capture::{CaptureEvent, Subscription};
 use crate::image::{self, Identity};
-use crate::rig::{Link, Rig};
+use crate::rig::{Link, Rig, TimeScale};
 
 use super::client::{
     After, ChipInfo, FlashError, FlashId, Flasher, Progress, SyncConfig, Timeouts, WriteSummary,
@@ -127,10 +127,12 @@ pub fn flash_board(
         (false, _, _) => Verification::Skipped("not asked for"),
         (true, AfterFlash::Stay, _) => Verification::Skipped("the board stays in the ROM loader"),
         (true, _, None) => Verification::Skipped("the image has no identity record"),
-        (true, _, Some(expected)) => {
-            let timeout = rig.time_scale().real(options.verify_timeout);
-            Verification::Identity(wait_identity(&lines, expected, timeout)?)
-        }
+        (true, _, Some(expected)) => Verification::Identity(wait_identity(
+            &lines,
+            expected,
+            options.verify_timeout,
+            rig.time_scale(),
+        )?),
     };
     Ok(FlashReport {
         banner,
@@ -216,14 +218,16 @@ pub fn expected_identity(image: &[u8]) -> Option<Identity> {
         .and_then(|fw| fw.identity().cloned())
 }
 
-/// Waits up to `timeout` (real time) for `lines` to show `expected`'s identity line.
+/// Waits up to `timeout` of device time (real time = `scale` × device time) for `lines` to show
+/// `expected`'s identity line.
 pub fn wait_identity(
     lines: &Subscription,
     expected: Identity,
     timeout: Duration,
+    scale: TimeScale,
 ) -> Result<Identity, FlashError> {
     let mut watch = IdentityWatch::new(expected);
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + scale.real(timeout);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match lines.recv_timeout(left) {

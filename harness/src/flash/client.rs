@@ -538,7 +538,8 @@ pub enum FlashError {
         /// The identity the board printed.
         got: Identity,
     },
-    /// The board did not print the image's identity line in time after the reboot.
+    /// The board did not print the image's identity line in time after the reboot (device time:
+    /// a simulated board may run faster than real time).
     #[error(
         "no identity line within {waited:.1?} after the reboot (expected `{expected}`); \
          triage of what the board printed: {seen}"
@@ -554,7 +555,7 @@ pub enum FlashError {
     VerifyTimeout {
         /// The identity of the image written.
         expected: Identity,
-        /// How long the harness waited.
+        /// How long the harness waited, in device time.
         waited: Duration,
         /// Triage of the output seen meanwhile (class: summary).
         seen: String,
