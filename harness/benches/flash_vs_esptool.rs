@@ -220,7 +220,6 @@ fn main() {
             "--board",
             "dut",
         ])
-        .arg("--no-verify")
         .env("HARNESS_LOCK_DIR", &lock_dir)
         .env("HARNESS_SIM_EXE", harness());
         let t = timed(c, "harness flash --board");

@@ -534,9 +534,9 @@ pub enum FlashError {
     )]
     VerifyMismatch {
         /// The identity of the image written.
-        expected: Identity,
+        expected: Box<Identity>,
         /// The identity the board printed.
-        got: Identity,
+        got: Box<Identity>,
     },
     /// The board did not print the image's identity line in time after the reboot (device time:
     /// a simulated board may run faster than real time).
@@ -554,7 +554,7 @@ pub enum FlashError {
     )]
     VerifyTimeout {
         /// The identity of the image written.
-        expected: Identity,
+        expected: Box<Identity>,
         /// How long the harness waited, in device time.
         waited: Duration,
         /// Triage of the output seen meanwhile (class: summary).

@@ -60,8 +60,8 @@ impl IdentityWatch {
             Ok(got)
         } else {
             Err(FlashError::VerifyMismatch {
-                expected: self.expected.clone(),
-                got,
+                expected: Box::new(self.expected.clone()),
+                got: Box::new(got),
             })
         })
     }
@@ -79,7 +79,7 @@ impl IdentityWatch {
             seen
         };
         FlashError::VerifyTimeout {
-            expected: self.expected.clone(),
+            expected: Box::new(self.expected.clone()),
             waited,
             seen,
         }
@@ -117,7 +117,7 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(
-            matches!(&err, FlashError::VerifyMismatch { got, .. } if *got == id("1.0.0")),
+            matches!(&err, FlashError::VerifyMismatch { got, .. } if **got == id("1.0.0")),
             "{err:?}"
         );
         assert!(err.is_dut_failure());
