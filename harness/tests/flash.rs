@@ -214,9 +214,10 @@ fn board_running_from_flash_gives_no_sync_in_time() {
         ),
         "{err:?}"
     );
-    // 35 SYNCs × (100 ms reply timeout + 50 ms pause), plus link overhead.
+    // 35 SYNCs × (100 ms reply timeout + 50 ms pause), plus link overhead (generous for loaded
+    // CI machines).
     assert!(
-        took >= Duration::from_millis(5000) && took < Duration::from_secs(9),
+        took >= Duration::from_millis(5000) && took < Duration::from_secs(15),
         "{took:?}"
     );
     assert!(err.is_dut_failure());
@@ -434,7 +435,8 @@ fn bare_port_to_a_board_not_in_download_mode_is_no_sync() {
         "{stderr}"
     );
     assert!(stderr.contains("harness::flash::no_sync"), "{stderr}");
-    assert!(took < Duration::from_secs(10), "{took:?}");
+    // 35 SYNCs × (100 ms + 50 ms) ≈ 5.3 s, plus process start; generous for loaded CI machines.
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }
 
 /// A scripted ESP8285 ROM loader on a pty the test owns: it answers what `harness flash` sends

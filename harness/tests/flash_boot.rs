@@ -205,7 +205,11 @@ fn a_board_running_its_firmware_gives_no_sync_in_time() {
         matches!(err, flash::FlashError::NoSync { tries: 35, .. }),
         "{err:?}"
     );
-    assert!(took < std::time::Duration::from_secs(9), "{took:?}");
+    // 35 SYNCs × (100 ms + 50 ms) ≈ 5.3 s; generous for loaded CI machines.
+    assert!(
+        took >= std::time::Duration::from_secs(5) && took < std::time::Duration::from_secs(15),
+        "{took:?}"
+    );
     let help = miette::Diagnostic::help(&err).unwrap().to_string();
     assert!(help.contains("hold GPIO0 low while powering on"), "{help}");
 }
