@@ -305,9 +305,11 @@ impl Executor for RigExecutor {
             }
         });
         Ok(match found {
+            // The mark stays at the start of the state line: the boot is established by it,
+            // and the scenario's next expectation (version, state) reads the same line.
             Some(l) => LineWait::Seen {
                 line: l.text,
-                end: CaptureMark(l.end),
+                end: CaptureMark(l.offset),
             },
             None => LineWait::Timeout {
                 last_line: self.store.last_line(from),
