@@ -318,11 +318,11 @@ fn scenarios_the_virtual_rig_cannot_serve_are_skipped() {
 }
 
 #[test]
-fn flash_step_is_a_harness_error_until_the_flasher_exists() {
+fn flash_step_writes_the_image_and_the_board_boots_it() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("flash.toml"),
-        "# Flash.\nname = \"flash\"\ndescription = \"flash\"\nboards = [\"sonoff-basic\"]\nrequires = [\"power\", \"gpio0\", \"serial\"]\n\n[[step]]\nflash = { image = \"fixtures/images/sonoff-ota-1.0.0-webserver.bin\" }\n",
+        "# Flash.\nname = \"flash\"\ndescription = \"flash\"\nboards = [\"sonoff-basic\"]\nrequires = [\"power\", \"gpio0\", \"serial\"]\n\n[[step]]\nflash = { image = \"fixtures/images/sonoff-ota-1.0.0-webserver.bin\" }\n\n[[step]]\nwait_boot = {}\n\n[[step]]\nexpect_identity = { version = \"1.0.0\", state = \"RUN\" }\n\n[[step]]\nexpect_triage = \"healthy-boot\"\n",
     )
     .unwrap();
     let out = harness_in(
@@ -335,12 +335,16 @@ fn flash_step_is_a_harness_error_until_the_flasher_exists() {
             tmp.path().join("out").to_str().unwrap(),
         ],
     );
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        text(&out.stdout).contains("error: the rig cannot flash over the serial ROM loader yet"),
-        "{}",
-        text(&out.stdout)
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
     );
+    let report = json(&tmp.path().join("out/report.json"));
+    assert_eq!(report["counts"]["pass"], 1, "{report}");
+    assert_eq!(report["runs"][0]["triage"]["class"], "healthy-boot");
 }
 
 #[test]

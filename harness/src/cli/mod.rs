@@ -1,6 +1,7 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
 mod firmware;
+mod flash;
 mod image;
 mod monitor;
 mod ota;
@@ -36,6 +37,9 @@ pub enum Command {
     Image(image::ImageArgs),
     /// Show the reference firmware's behaviour (serial lines, button, OTA ports).
     Firmware(firmware::FirmwareArgs),
+    /// Write a firmware image through the ESP8266 ROM serial loader, reboot, verify.
+    #[command(long_about = flash::LONG_ABOUT, after_help = flash::EXAMPLES)]
+    Flash(flash::FlashArgs),
     /// Upload a firmware image over the air (ArduinoOTA or the HTTP update page).
     #[command(long_about = ota::long_about(), after_help = ota::EXAMPLES)]
     Ota(ota::OtaArgs),
@@ -69,6 +73,7 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Triage(args) => triage::run(args),
         Command::Image(args) => image::run(args),
         Command::Firmware(args) => firmware::run(args),
+        Command::Flash(args) => flash::run(args),
         Command::Ota(args) => ota::run(args),
         Command::Scenario(args) => scenario::run(args),
         Command::Sim(args) => sim::run(args),

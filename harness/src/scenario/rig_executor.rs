@@ -21,6 +21,7 @@ use super::step::{IdentityWant, LineMatcher, PowerAction};
 use crate::bootlog::Event;
 use crate::capture::{CaptureEvent, Subscription};
 use crate::firmware::{self, OtaMethod};
+use crate::flash::{self, AfterFlash};
 use crate::ota::{self, Cancel, Password, Payload};
 use crate::rig::{self, BoardConfig, BoardRig, OpenOptions, Rig, RigError};
 use crate::triage;
@@ -257,10 +258,38 @@ impl Executor for RigExecutor {
     }
 
     fn flash(&mut self, image: &Path, power_cycle_after: bool) -> Result<FlashOutcome, ExecError> {
-        let _ = (image, power_cycle_after);
-        Err(ExecError::Unsupported {
-            what: "flash over the serial ROM loader yet (no flasher in this harness)".into(),
-        })
+        let bytes = std::fs::read(image).map_err(|e| ExecError::Failed {
+            action: "read the image to flash",
+            source: Box::new(e),
+        })?;
+        let options = flash::FlashOptions {
+            // `power_cycle_after = false` starts the app from the ROM loader as esptool's
+            // --after soft-reset does, leaving the download-mode strapping latched (the seed's
+            // failure mode A). The scenario's own wait_boot/expect_identity steps check the boot,
+            // so the flasher does not wait for the identity line itself.
+            after: if power_cycle_after {
+                AfterFlash::PowerCycle
+            } else {
+                AfterFlash::SoftReset
+            },
+            verify: false,
+            ..Default::default()
+        };
+        match flash::flash_board(&mut self.rig, &bytes, &options, &mut |_| {}) {
+            Ok(r) => Ok(FlashOutcome::Written {
+                detail: format!(
+                    "{} bytes at {:#x} on {}",
+                    r.write.bytes, r.write.offset, r.chip.description
+                ),
+            }),
+            Err(e) if e.is_dut_failure() => Ok(FlashOutcome::Failed {
+                detail: e.to_string(),
+            }),
+            Err(e) => Err(ExecError::Failed {
+                action: "serial flash",
+                source: Box::new(e),
+            }),
+        }
     }
 
     fn wait_boot(&mut self, from: CaptureMark, timeout: Duration) -> Result<LineWait, ExecError> {
@@ -276,9 +305,11 @@ impl Executor for RigExecutor {
             }
         });
         Ok(match found {
+            // The mark stays at the start of the state line: the boot is established by it,
+            // and the scenario's next expectation (version, state) reads the same line.
             Some(l) => LineWait::Seen {
                 line: l.text,
-                end: CaptureMark(l.end),
+                end: CaptureMark(l.offset),
             },
             None => LineWait::Timeout {
                 last_line: self.store.last_line(from),
