@@ -131,7 +131,13 @@ fn power_button_and_cycles_through_the_rig_change_the_sims_status() {
     let control = PathBuf::from(describe(&rig, "control"));
     assert_eq!(rig.board().id, "sonoff-basic");
     assert!(rig.capabilities().has("power") && rig.capabilities().has("gpio0"));
-    assert_eq!(status(&control)["power"], "on", "a started sim is powered");
+    assert_eq!(
+        status(&control)["power"],
+        "off",
+        "the rig starts its sim unpowered and decides when it boots"
+    );
+    rig.lines().set_power(true).unwrap();
+    assert_eq!(status(&control)["power"], "on");
 
     rig.lines().set_power(false).unwrap();
     assert_eq!(status(&control)["power"], "off");

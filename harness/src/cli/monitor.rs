@@ -62,9 +62,10 @@ pub struct MonitorArgs {
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
 
-    /// Start the board first: power-cycle to run, or into download mode.
-    #[arg(long, value_enum, default_value = "attach")]
-    pub start: StartArg,
+    /// Start the board first: power-cycle to run, into download mode, or attach to it as it
+    /// is. Default: `run` for a rig board, `attach` for a bare `--port`.
+    #[arg(long, value_enum)]
+    pub start: Option<StartArg>,
 
     /// Stop after this long (`30s`, `5m`); default: until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -281,17 +282,16 @@ pub fn run(args: MonitorArgs) -> CmdResult {
         writeln!(out, "# {k}: {v}").into_diagnostic()?;
     }
     if let Target::Board(rig) = &mut target {
-        match args.start {
+        match args.start.unwrap_or(StartArg::Run) {
             StartArg::Attach => {}
             StartArg::Run => rig.power_cycle_run()?,
             StartArg::Download => {
                 rig.enter_download_mode()?;
             }
         }
-    } else if args.start != StartArg::Attach {
+    } else if let Some(start @ (StartArg::Run | StartArg::Download)) = args.start {
         return Err(miette::miette!(
-            "--start {:?} needs a rig board with power control, not --port",
-            args.start
+            "--start {start:?} needs a rig board with power control, not --port"
         ));
     }
     writeln!(out, "# monitoring (Ctrl-C to stop)").into_diagnostic()?;

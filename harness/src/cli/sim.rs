@@ -55,6 +55,19 @@ pub struct SimArgs {
     /// Append every byte the board transmits (as the port receives it) to this file.
     #[arg(long, value_name = "FILE")]
     pub tx_log: Option<PathBuf>,
+    /// Power at start: `on` as a board plugged in, `off` until a `power on` control line (what
+    /// the harness's virtual rig uses, so that it decides when the board boots).
+    #[arg(long, value_enum, default_value_t = PowerArg::On)]
+    pub power: PowerArg,
+}
+
+/// Power at start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PowerArg {
+    /// Powered.
+    On,
+    /// Unpowered.
+    Off,
 }
 
 /// Runs the simulator until SIGINT or SIGTERM.
@@ -75,6 +88,7 @@ pub fn run(args: SimArgs) -> CmdResult {
         config.image = Some(bytes);
     }
     config.tx_log = args.tx_log;
+    config.power_at_start = args.power == PowerArg::On;
 
     // Registered before the endpoints are printed, so a signal sent right after is not lost.
     let mut signals = Signals::new([SIGINT, SIGTERM]).into_diagnostic()?;

@@ -88,6 +88,9 @@ impl Sim {
         if v.realistic_timing {
             cmd.arg("--realistic-timing");
         }
+        // The rig decides when the board boots: the first power-on comes from a step, so a
+        // capture never starts with a boot nobody asked for.
+        cmd.arg("--power").arg("off");
         cmd.arg("--boot").arg(match v.boot {
             SimBoot::Flash => "flash",
             SimBoot::Download => "download",

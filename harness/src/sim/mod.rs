@@ -143,6 +143,9 @@ pub struct SimConfig {
     /// A firmware file to write at flash 0x0 before the first power-on (the sectors it covers
     /// are erased first, as esptool's write-flash does).
     pub image: Option<Vec<u8>>,
+    /// Power the board when the simulator starts (a board plugged in), or leave it off until a
+    /// `power on` (a rig that switches power itself).
+    pub power_at_start: bool,
 }
 
 impl SimConfig {
@@ -156,6 +159,7 @@ impl SimConfig {
             tx_log: None,
             time_scale: None,
             image: None,
+            power_at_start: true,
         }
     }
 
@@ -413,7 +417,9 @@ impl SimHandle {
         });
         chip.set_time(clock.now());
         chip.set_button(config.boot == BootStraps::Download);
-        chip.power_on();
+        if config.power_at_start {
+            chip.power_on();
+        }
 
         let (events_tx, events_rx) = mpsc::channel();
         let (out_tx, out_rx) = mpsc::channel();
