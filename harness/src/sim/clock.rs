@@ -56,6 +56,11 @@ impl Clock {
         self.device(self.origin.elapsed())
     }
 
+    /// Stops device time for `real`: what would have happened in that time happens later.
+    pub fn pause(&mut self, real: Duration) {
+        self.origin += real;
+    }
+
     /// The real instant at which the device clock reads `device`.
     pub fn instant_at(&self, device: Duration) -> Instant {
         self.origin + self.real(device)

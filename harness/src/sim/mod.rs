@@ -100,6 +100,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crate::board::BoardProfile;
 
@@ -580,11 +581,14 @@ fn run_chip(
     events: Receiver<Event>,
     out: Sender<pty::WriterMsg>,
     epoch: Arc<AtomicU64>,
-    clock: Clock,
+    mut clock: Clock,
 ) {
-    let flush = |chip: &mut Chip| {
+    let mut floor = RateSwitchFloor::default();
+    let mut flush = |chip: &mut Chip, clock: &mut Clock| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
-        for o in chip.take_output() {
+        let outputs = chip.take_output();
+        floor.before(&outputs, clock);
+        for o in outputs {
             let _ = out.send(pty::WriterMsg::Out(o));
         }
     };
@@ -599,7 +603,7 @@ fn run_chip(
     };
     loop {
         chip.advance(clock.now());
-        flush(&mut chip);
+        flush(&mut chip, &mut clock);
         let event = match chip.next_deadline() {
             Some(due) => {
                 // At least a moment: a deadline that a model bug failed to consume must not
@@ -632,7 +636,7 @@ fn run_chip(
                         | ControlCommand::Reset
                 );
                 let answer = apply_control(&mut chip, cmd);
-                flush(&mut chip);
+                flush(&mut chip, &mut clock);
                 if settles {
                     barrier(&out);
                 }
@@ -645,10 +649,49 @@ fn run_chip(
             } => chip.on_ota(generation, request, reply),
             Event::Shutdown => break,
         }
-        flush(&mut chip);
+        flush(&mut chip, &mut clock);
     }
     if let Err(e) = chip.hw.flash.sync() {
         tracing::error!("flash file sync failed: {e}");
+    }
+}
+
+/// Least real time between the chip's last byte at one UART rate and its first at another.
+///
+/// On hardware about 100 ms pass between eboot's `ld` at 74880 baud and the app's first line at
+/// its own rate (SDK start-up), and as long between a restart announcement and the ROM banner.
+/// A fast device clock shrinks that to a few milliseconds, less than a host needs to see the
+/// line and switch its port. So when the chip changes rate, the chip thread waits for the rest
+/// of this gap and stops the device clock meanwhile: the board's timeline is unchanged, it only
+/// runs slower around rate switches.
+pub const RATE_SWITCH_GAP: Duration = Duration::from_millis(60);
+
+/// Enforces [`RATE_SWITCH_GAP`] on the chip thread.
+#[derive(Debug, Default)]
+struct RateSwitchFloor {
+    /// Rate of the last transmitted bytes and when they were handed to the writer.
+    last: Option<(u32, Instant)>,
+}
+
+impl RateSwitchFloor {
+    fn before(&mut self, outputs: &[chip::Output], clock: &mut Clock) {
+        let mut rates = outputs.iter().filter_map(|o| match o {
+            chip::Output::Tx { baud, .. } => Some(*baud),
+            chip::Output::Delay { .. } => None,
+        });
+        let Some(first) = rates.next() else { return };
+        if let Some((last_baud, at)) = self.last
+            && last_baud != first
+            && clock.scale() < Clock::REALISTIC
+        {
+            let wait = (at + RATE_SWITCH_GAP).saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+                clock.pause(wait);
+            }
+        }
+        let last = rates.last().unwrap_or(first);
+        self.last = Some((last, Instant::now()));
     }
 }
 
