@@ -7,9 +7,10 @@
 use memchr::memmem;
 use nom::{
     IResult, Parser,
-    bytes::complete::{tag, take_while, take_while_m_n},
+    bytes::complete::{tag, take_while},
     character::complete::{char, digit1, space0, space1},
-    combinator::{map, map_opt, opt},
+    combinator::opt,
+    error::ErrorKind,
     sequence::preceded,
 };
 
@@ -197,40 +198,57 @@ const GARBAGE_SAMPLE: usize = 256;
 fn is_garbage(line: &[u8]) -> bool {
     // Noise is uniform; its first bytes decide as well as all of them.
     let line = &line[..line.len().min(GARBAGE_SAMPLE)];
-    let mut ascii = 0usize;
-    let mut other = 0usize;
-    let mut prev = 0u8;
-    for &c in line {
-        ascii += usize::from((0x20..0x7f).contains(&c) || c == b'\t');
-        // Lead bytes start a character; a continuation byte after ASCII starts nothing valid.
-        let stray = (0x80..0xc0).contains(&c) && prev < 0x80;
-        other += usize::from((c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0 || stray);
-        prev = c;
+    let Some(&first) = line.first() else {
+        return false;
+    };
+    let text = |c: u8| (0x20..0x7f).contains(&c) || c == b'\t';
+    // Controls, DEL and UTF-8 lead bytes; continuation bytes are counted apart (`stray`).
+    let noise = |c: u8| (c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0;
+    // Lead bytes start a character; a continuation byte after ASCII starts nothing valid.
+    let stray = |prev: u8, c: u8| (0x80..0xc0).contains(&c) && prev < 0x80;
+    // One loop over (previous, current) pairs with 16-bit counters (a sample has at most 256
+    // bytes): it vectorises into wide lanes, where a running `prev` and `usize` counters did
+    // not, and noise lines are hundreds of bytes long.
+    let mut ascii = u16::from(text(first));
+    let mut other = u16::from(noise(first) || stray(0, first));
+    for (&prev, &c) in line.iter().zip(&line[1..]) {
+        ascii += u16::from(text(c));
+        other += u16::from(noise(c) || stray(prev, c));
     }
     other * 2 > ascii
 }
 
 /// Matches the known line kinds; returns the event and the unparsed rest of the line.
+///
+/// Most lines are told apart by their first bytes, so each arm calls the one parser that can
+/// match and returns its result as is. A chain of `or_else` costs more: every link copies the
+/// event out of one stack slot into the next, and on the loader and stack-dump lines that make
+/// up most of a boot log those copies took longer than the parse.
 fn classify(line: &[u8]) -> Option<(Event, &[u8])> {
-    let first = line[0];
-    let r = match first {
-        b'l' => load(line)
-            .or_else(|| eboot(line))
-            .or_else(|| loader_detail(line)),
-        b't' | b'r' | b'h' => loader_detail(line).or_else(|| rf_cal(line)),
-        b'c' => checksum(line).or_else(|| ctx(line)).or_else(|| eboot(line)),
+    match line[0] {
+        // `load 0x..` or eboot's `ld`; no loader detail word starts with `l`.
+        b'l' if line.starts_with(b"ld") => eboot(line),
+        b'l' => load(line),
+        b'r' if line.starts_with(b"rf_cal[") || line.starts_with(b"rst_info") => rf_cal(line),
+        b't' | b'r' | b'h' => loader_detail(line),
+        b'c' if line.starts_with(b"ctx:") => ctx(line),
+        b'c' if line.starts_with(b"cp:") || line.starts_with(b"cmp:") => eboot(line),
+        b'c' => checksum(line),
         b'w' => prefixed(line, b"wdt reset", Event::WdtReset)
             .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost)),
         b'f' => prefixed(line, b"flash read err", Event::FlashReadErr),
         b'v' => eboot_version(line),
         b'@' | b'~' => eboot(line),
-        b'e' => prefixed(line, b"ets_main.c", Event::EtsMain)
-            .or_else(|| eboot_error(line))
-            .or_else(|| registers_line(line)),
-        b'E' => exception(line).or_else(|| updater_error(line)),
-        b'F' => fatal_exception(line)
-            .or_else(|| reset_info_fatal(line))
-            .or_else(|| flash_config_error(line)),
+        b'e' if line.starts_with(b"e:") => eboot_error(line),
+        b'e' if line.starts_with(b"epc1") => registers_line(line),
+        b'e' => prefixed(line, b"ets_main.c", Event::EtsMain),
+        b'E' if line.starts_with(b"ERROR[") => updater_error(line),
+        b'E' => exception(line),
+        // `Fatal exception:29 flag:2` is the app reporting the last reset; the SDK's own crash
+        // line has a space or a parenthesis after `exception`.
+        b'F' if line.starts_with(b"Fatal exception:") => reset_info_fatal(line),
+        b'F' if line.starts_with(b"Flash config wrong") => flash_config_error(line),
+        b'F' => fatal_exception(line),
         b'S' => soft_wdt(line)
             .or_else(|| sdk_start(line))
             .or_else(|| postmortem(line))
@@ -244,64 +262,107 @@ fn classify(line: &[u8]) -> Option<(Event, &[u8])> {
         b'R' => reset_info(line).or_else(|| rebooting(line)),
         b'H' => identity(line),
         b'I' => updater_error(line),
-        b'j' | b'2' => sdk_start(line).or_else(|| stack_words(line)),
-        b'0'..=b'9' | b'a'..=b'f' => stack_words(line),
-        _ => None,
-    };
-    r.or_else(|| {
-        // App lines often carry a timestamp or tag in front of these (Tasmota, ESPEasy).
-        if first.is_ascii_digit() {
-            update_line_anywhere(line)
-        } else {
-            None
+        b'j' => sdk_start(line),
+        b'2' if line.starts_with(b"2nd boot version") => sdk_start(line),
+        // App lines often carry a timestamp or tag in front of update messages (Tasmota,
+        // ESPEasy); only a line that is not a stack dump line needs the search for them.
+        b'0'..=b'9' if is_stack_words(line) => {
+            stack_words(line).or_else(|| update_line_anywhere(line))
         }
-    })
+        b'0'..=b'9' => update_line_anywhere(line),
+        b'a' | b'b' | b'd' => stack_words(line),
+        _ => None,
+    }
 }
 
 fn prefixed<'a>(line: &'a [u8], prefix: &[u8], event: Event) -> Option<(Event, &'a [u8])> {
     line.strip_prefix(prefix).map(|rest| (event, rest))
 }
 
-// Number parsers fold the digits themselves: the digits are already known to be ASCII, and a
-// detour through `str::parse` costs more than the rest of a line's parse.
+// Numbers are scanned by hand rather than with `take_while_m_n`/`digit1` + `map_opt`: those
+// combinators do not inline into the line parsers and cost more than the rest of a line's parse
+// (the triage benchmark spends most of its time on loader and stack-dump lines, which are mostly
+// numbers). They keep nom's signature and error so that they compose with the combinators that
+// give each line its structure.
 
-fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
-    map(
-        take_while_m_n(1, 8, |c: u8| c.is_ascii_hexdigit()),
-        |h: &[u8]| {
-            h.iter()
-                .fold(0u32, |acc, &c| (acc << 4) | u32::from(hex_value(c)))
-        },
-    )
-    .parse(i)
+fn number_error(i: &[u8], kind: ErrorKind) -> nom::Err<nom::error::Error<&[u8]>> {
+    nom::Err::Error(nom::error::Error::new(i, kind))
 }
 
-fn hex_value(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c.wrapping_sub(b'A').wrapping_add(10) & 0xF,
+/// Hex digit values by byte; `NOT_HEX` marks the bytes that are not hex digits.
+const HEX: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        table[b"0123456789ABCDEF"[i] as usize] = i as u8;
+        i += 1;
     }
+    table
+};
+const NOT_HEX: u8 = 0x80;
+
+/// One to eight hex digits (a ninth is left in the input), like `take_while_m_n(1, 8, hex)`.
+#[inline]
+fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
+    // Addresses and words in loader lines and stack dumps have all eight digits: fold them
+    // without a branch per digit and check once at the end.
+    if let Some(eight) = i.first_chunk::<8>() {
+        let (value, flags) = eight.iter().fold((0u32, 0u8), |(v, f), &c| {
+            let d = HEX[usize::from(c)];
+            ((v << 4) | u32::from(d & 0xf), f | d)
+        });
+        if flags & NOT_HEX == 0 {
+            return Ok((&i[8..], value));
+        }
+    }
+    let mut value = 0u32;
+    let mut n = 0;
+    while n < 8
+        && let Some(&d) = i.get(n).map(|&c| &HEX[usize::from(c)])
+        && d != NOT_HEX
+    {
+        value = (value << 4) | u32::from(d);
+        n += 1;
+    }
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::TakeWhileMN));
+    }
+    Ok((&i[n..], value))
 }
 
+/// All the decimal digits there are (at least one); fails when they overflow a `u32`.
 fn dec_u32(i: &[u8]) -> IResult<&[u8], u32> {
-    map_opt(digit1, |d: &[u8]| {
-        d.iter().try_fold(0u32, |acc, &c| {
+    let n = i.iter().take_while(|c| c.is_ascii_digit()).count();
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::Digit));
+    }
+    i[..n]
+        .iter()
+        .try_fold(0u32, |acc, &c| {
             acc.checked_mul(10)?.checked_add(u32::from(c - b'0'))
         })
-    })
-    .parse(i)
+        .map(|v| (&i[n..], v))
+        .ok_or_else(|| number_error(i, ErrorKind::MapOpt))
 }
 
+/// One to three decimal digits (a fourth is left in the input); fails above 255.
 fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
-    map_opt(
-        take_while_m_n(1, 3, |c: u8| c.is_ascii_digit()),
-        |d: &[u8]| {
-            d.iter()
-                .try_fold(0u8, |acc, &c| acc.checked_mul(10)?.checked_add(c - b'0'))
-        },
-    )
-    .parse(i)
+    let mut value = 0u32;
+    let mut n = 0;
+    while let Some(&c) = i.get(n).filter(|c| c.is_ascii_digit()) {
+        value = value * 10 + u32::from(c - b'0');
+        n += 1;
+        if n == 3 {
+            break;
+        }
+    }
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::TakeWhileMN));
+    }
+    u8::try_from(value)
+        .map(|v| (&i[n..], v))
+        .map_err(|_| number_error(i, ErrorKind::MapOpt))
 }
 
 /// `ets Jan  8 2013,rst cause:2, boot mode:(3,6)`; fields stay `None` where the line is cut.
@@ -476,7 +537,7 @@ fn registers(text: &[u8]) -> Registers {
 
 fn registers_line(line: &[u8]) -> Option<(Event, &[u8])> {
     line.starts_with(b"epc1")
-        .then(|| (Event::Registers(registers(line)), &[][..]))
+        .then(|| (Event::Registers(Box::new(registers(line))), &[][..]))
 }
 
 /// `Exception (9):` as the core's postmortem prints it.
@@ -493,7 +554,7 @@ fn exception(line: &[u8]) -> Option<(Event, &[u8])> {
         Event::Exception {
             cause,
             sdk: false,
-            regs: registers(rest),
+            regs: Box::new(registers(rest)),
         },
         &[][..],
     ))
@@ -515,7 +576,7 @@ fn fatal_exception(line: &[u8]) -> Option<(Event, &[u8])> {
         Event::Exception {
             cause,
             sdk: true,
-            regs: registers(rest),
+            regs: Box::new(registers(rest)),
         },
         &[][..],
     ))
@@ -655,9 +716,14 @@ fn stack_pointer(line: &[u8]) -> Option<(Event, &[u8])> {
     Some((Event::StackPointer { sp, end }, &[][..]))
 }
 
+/// Starts like a stack dump line: eight hex digits and a colon.
+fn is_stack_words(line: &[u8]) -> bool {
+    line.len() >= 9 && line[8] == b':' && line[..8].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// `3fff0ba0:  00000004 00000000 3ffefbbc 40202808`.
 fn stack_words(line: &[u8]) -> Option<(Event, &[u8])> {
-    if line.len() < 9 || line[8] != b':' || !line[..8].iter().all(u8::is_ascii_hexdigit) {
+    if !is_stack_words(line) {
         return None;
     }
     let (_, addr) = hex_u32(&line[..8]).ok()?;
@@ -862,7 +928,7 @@ mod tests {
             vec![Event::Exception {
                 cause: 9,
                 sdk: false,
-                regs: Registers::default()
+                regs: Box::default()
             }]
         );
         let regs = events(
@@ -870,13 +936,13 @@ mod tests {
         );
         assert_eq!(
             regs,
-            vec![Event::Registers(Registers {
+            vec![Event::Registers(Box::new(Registers {
                 epc1: Some(0x40203790),
                 epc2: Some(0),
                 epc3: Some(0),
                 excvaddr: Some(0x33342042),
                 depc: Some(0)
-            })]
+            }))]
         );
         let sdk = events(b"Fatal exception (0): ");
         assert_eq!(
@@ -884,7 +950,7 @@ mod tests {
             vec![Event::Exception {
                 cause: 0,
                 sdk: true,
-                regs: Registers::default()
+                regs: Box::default()
             }]
         );
         let old = events(b"Fatal exception 28(LoadProhibitedCause):");
@@ -993,5 +1059,149 @@ mod tests {
             events("d`N{\u{2592}\u{2592}\u{2592}n".as_bytes())[0],
             Event::Garbage { .. }
         ));
+    }
+
+    /// The nom combinators the hand-rolled number parsers replace, as the reference.
+    mod reference {
+        use nom::{
+            IResult, Parser,
+            bytes::complete::take_while_m_n,
+            character::complete::digit1,
+            combinator::{map, map_opt},
+        };
+
+        pub fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
+            map(
+                take_while_m_n(1, 8, |c: u8| c.is_ascii_hexdigit()),
+                |h: &[u8]| {
+                    h.iter().fold(0u32, |acc, &c| {
+                        (acc << 4) | (c as char).to_digit(16).unwrap_or(0)
+                    })
+                },
+            )
+            .parse(i)
+        }
+
+        pub fn dec_u32(i: &[u8]) -> IResult<&[u8], u32> {
+            map_opt(digit1, |d: &[u8]| std::str::from_utf8(d).ok()?.parse().ok()).parse(i)
+        }
+
+        pub fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
+            map_opt(
+                take_while_m_n(1, 3, |c: u8| c.is_ascii_digit()),
+                |d: &[u8]| std::str::from_utf8(d).ok()?.parse().ok(),
+            )
+            .parse(i)
+        }
+    }
+
+    #[test]
+    fn number_edge_cases() {
+        assert_eq!(hex_u32(b"4010f000, len"), Ok((&b", len"[..], 0x4010_f000)));
+        assert_eq!(hex_u32(b"FFFFFFFF"), Ok((&b""[..], u32::MAX)));
+        assert_eq!(hex_u32(b"2d "), Ok((&b" "[..], 0x2d)));
+        // A ninth digit is left for the caller; a non-digit inside eight stops the number.
+        assert_eq!(hex_u32(b"123456789"), Ok((&b"9"[..], 0x1234_5678)));
+        assert_eq!(hex_u32(b"abcDEF0g1"), Ok((&b"g1"[..], 0xabc_def0)));
+        assert!(hex_u32(b"").is_err());
+        assert!(hex_u32(b"g").is_err());
+        assert!(hex_u32(b" 1").is_err());
+
+        assert_eq!(dec_u32(b"1384, room"), Ok((&b", room"[..], 1384)));
+        assert_eq!(dec_u32(b"4294967295"), Ok((&b""[..], u32::MAX)));
+        assert_eq!(dec_u32(b"0000000000001"), Ok((&b""[..], 1)));
+        assert!(dec_u32(b"4294967296").is_err(), "overflow");
+        assert!(dec_u32(b"99999999999999999999999").is_err(), "overflow");
+        assert!(dec_u32(b"").is_err());
+        assert!(dec_u32(b"x1").is_err());
+
+        assert_eq!(dec_u8(b"255)"), Ok((&b")"[..], 255)));
+        assert_eq!(dec_u8(b"0012"), Ok((&b"2"[..], 1)));
+        assert!(dec_u8(b"256").is_err(), "overflow");
+        assert!(dec_u8(b"999").is_err(), "overflow");
+        assert!(dec_u8(b"").is_err());
+        assert!(dec_u8(b"-1").is_err());
+    }
+
+    #[test]
+    fn numbers_agree_with_the_nom_combinators() {
+        // Every string of up to five bytes over an alphabet of digits, hex letters, their
+        // neighbours in ASCII and separators.
+        let alphabet = b"0129:afgAFG/ ";
+        let mut input = Vec::new();
+        let mut check = |i: &[u8]| {
+            assert_eq!(hex_u32(i).ok(), reference::hex_u32(i).ok(), "{i:?}");
+            assert_eq!(dec_u32(i).ok(), reference::dec_u32(i).ok(), "{i:?}");
+            assert_eq!(dec_u8(i).ok(), reference::dec_u8(i).ok(), "{i:?}");
+        };
+        fn strings(prefix: &mut Vec<u8>, alphabet: &[u8], depth: usize, f: &mut impl FnMut(&[u8])) {
+            f(prefix);
+            if depth == 0 {
+                return;
+            }
+            for &c in alphabet {
+                prefix.push(c);
+                strings(prefix, alphabet, depth - 1, f);
+                prefix.pop();
+            }
+        }
+        strings(&mut input, alphabet, 5, &mut check);
+        // Long runs around the eight-digit fast path and the overflow limits.
+        for s in [
+            &b"0123456789abcdef"[..],
+            b"3fff0ba0:",
+            b"40202808 ",
+            b"4294967295",
+            b"4294967296",
+            b"00000000000000000000042",
+            b"fffffffff",
+            b"1234567g",
+            b"12345678g",
+        ] {
+            for end in 0..=s.len() {
+                check(&s[..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_counts_match_the_plain_definition() {
+        // The vectorised count against the definition written as a plain loop.
+        fn plain(line: &[u8]) -> bool {
+            let line = &line[..line.len().min(GARBAGE_SAMPLE)];
+            let (mut ascii, mut other, mut prev) = (0usize, 0usize, 0u8);
+            for &c in line {
+                ascii += usize::from((0x20..0x7f).contains(&c) || c == b'\t');
+                let stray = (0x80..0xc0).contains(&c) && prev < 0x80;
+                other += usize::from((c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0 || stray);
+                prev = c;
+            }
+            other * 2 > ascii
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 300) as usize;
+            // Mostly text with some noise, so that both answers come up.
+            let noise = next() % 4;
+            let line: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 4 < noise {
+                        (r >> 8) as u8
+                    } else {
+                        b'a' + (r >> 8) as u8 % 26
+                    }
+                })
+                .collect();
+            assert_eq!(is_garbage(&line), plain(&line), "{line:?}");
+        }
+        assert!(!is_garbage(b""));
+        assert_eq!(is_garbage(&[0x80]), plain(&[0x80]));
     }
 }

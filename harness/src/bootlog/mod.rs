@@ -25,7 +25,7 @@ use serde::Serialize;
 pub use event::{
     Banner, BootMode, BootSource, Event, PostmortemKind, Registers, RstCause, UpdateEvent,
 };
-pub use stream::Parser;
+pub use stream::{Chunk, MAX_LINE, Parser};
 
 /// Records kept from the start of a boot.
 pub const RECORDS_HEAD: usize = 96;
@@ -212,17 +212,19 @@ impl BootBuf {
         self.banner.is_none() && self.head.is_empty() && self.garbage_bytes == 0
     }
 
+    #[inline(always)]
     fn push(&mut self, line: u64, event: Event, bytes: &[u8]) {
         self.last_line = line;
         let bytes = &bytes[..bytes.len().min(RAW_TEXT_BYTES)];
         if self.head.len() < RECORDS_HEAD {
             let start = self.head_text.len();
             self.head_text.extend_from_slice(bytes);
-            self.head.push(RawRecord {
+            let end = self.head_text.len();
+            self.head.extend(std::iter::once_with(|| RawRecord {
                 line,
                 event,
-                text: start..self.head_text.len(),
-            });
+                text: start..end,
+            }));
             return;
         }
         let mut buf = if self.tail.len() == RECORDS_TAIL {
@@ -279,17 +281,23 @@ fn record(r: &RawRecord, bytes: &[u8]) -> Record {
 
 /// Groups events into boots, keeping memory bounded.
 #[derive(Debug, Default)]
+#[allow(
+    clippy::vec_box,
+    reason = "a boot loop passes a boot through `current`, the ring and the pool every dozen \
+              lines; moving a pointer is cheaper than moving the buffer's fields"
+)]
 pub(crate) struct Builder {
-    current: Option<BootBuf>,
-    head: Vec<BootBuf>,
-    tail: VecDeque<BootBuf>,
+    current: Option<Box<BootBuf>>,
+    head: Vec<Box<BootBuf>>,
+    tail: VecDeque<Box<BootBuf>>,
     totals: Totals,
     next_index: u64,
     /// Buffers of dropped boots, reused so that a boot loop does not allocate per boot.
-    pool: Vec<BootBuf>,
+    pool: Vec<Box<BootBuf>>,
 }
 
 impl Builder {
+    #[inline(always)]
     pub(crate) fn event(&mut self, line_no: u64, event: Event, bytes: &[u8]) {
         match &event {
             Event::RomBanner(b) => {
@@ -357,7 +365,7 @@ impl Builder {
         self.next_index += 1;
     }
 
-    fn keep(&mut self, boot: BootBuf) {
+    fn keep(&mut self, boot: Box<BootBuf>) {
         if boot.is_empty() {
             self.pool.push(boot);
             return;
@@ -385,7 +393,7 @@ impl Builder {
             .head
             .iter()
             .chain(self.tail.iter())
-            .map(BootBuf::materialize)
+            .map(|b| b.materialize())
             .collect();
         BootLog {
             boots,

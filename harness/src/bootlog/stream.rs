@@ -1,6 +1,8 @@
-//! The streaming line feeder.
+//! The streaming line feeder, and the pieces of a parse spread over threads.
 
-use super::{BootLog, Builder, line};
+use std::ops::Range;
+
+use super::{BootLog, Builder, Event, line};
 
 /// Longest line buffered before it is handed on in pieces. Garbage at the wrong baud rate can
 /// run for megabytes without a newline; cutting it keeps memory constant.
@@ -70,6 +72,54 @@ impl Parser {
         self.builder.finish(self.line_no, self.bytes)
     }
 
+    /// Readies `chunk` for the next read of the capture: it gets the unfinished line carried
+    /// over from the last one. Returns the space to read up to `size` bytes into; then call
+    /// [`cut`](Parser::cut) with the count read.
+    pub fn chunk_space<'c>(&mut self, chunk: &'c mut Chunk, size: usize) -> &'c mut [u8] {
+        let carry = self.partial.len();
+        let size = size.min(MAX_CHUNK);
+        if chunk.buf.len() < carry + size {
+            chunk.buf.resize(carry + size, 0);
+        }
+        chunk.buf[..carry].copy_from_slice(&self.partial);
+        chunk.len = carry;
+        chunk.lines_end = 0;
+        chunk.piece = false;
+        chunk.lines = 0;
+        chunk.events.clear();
+        &mut chunk.buf[carry..carry + size]
+    }
+
+    /// Closes `chunk` after `n` bytes were read into the space [`chunk_space`](Parser::chunk_space)
+    /// gave: it then holds the whole lines, and the unfinished last one stays with the parser
+    /// for the next chunk (or is cut off as a piece, as [`feed`](Parser::feed) cuts lines
+    /// longer than [`MAX_LINE`]).
+    pub fn cut(&mut self, chunk: &mut Chunk, n: usize) {
+        let start = chunk.len;
+        chunk.len = start + n;
+        self.bytes += n as u64;
+        let bytes = &chunk.buf[..chunk.len];
+        // The carried-over bytes hold no newline, so only the new ones need a look.
+        chunk.lines_end = memchr::memrchr(b'\n', &bytes[start..]).map_or(0, |p| start + p + 1);
+        let rest = &bytes[chunk.lines_end..];
+        chunk.piece = rest.len() > MAX_LINE;
+        self.partial.clear();
+        if !chunk.piece {
+            self.partial.extend_from_slice(rest);
+        }
+    }
+
+    /// Adds the events of a classified chunk. Chunks must come in the order they were cut.
+    pub fn add(&mut self, chunk: &mut Chunk) {
+        let bytes = &chunk.buf[..chunk.len];
+        for (index, event, text) in chunk.events.drain(..) {
+            let number = self.line_no + u64::from(index) + 1;
+            let text = &bytes[text.start as usize..text.end as usize];
+            self.builder.event(number, event, text);
+        }
+        self.line_no += chunk.lines;
+    }
+
     fn line(&mut self, bytes: &[u8]) {
         let number = self.line_no + 1;
         let builder = &mut self.builder;
@@ -77,4 +127,79 @@ impl Parser {
             builder.event(number, event, text)
         });
     }
+}
+
+/// Largest read a chunk takes, so that offsets in it fit in a `u32`.
+const MAX_CHUNK: usize = 1 << 30;
+
+/// Whole lines of a capture, to classify on any thread: the unit of a parse spread over threads.
+///
+/// Classifying a line is a pure function of its bytes and most of the cost of a parse, while
+/// grouping events into boots needs them in capture order. So one thread reads into chunks
+/// ([`Parser::chunk_space`], [`Parser::cut`]), any thread runs [`classify`](Chunk::classify),
+/// and the parser takes the results back in the order the chunks were cut ([`Parser::add`]).
+/// The log is the same as [`Parser::feed`] gives for the same reads.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    /// The unfinished line carried over from the last chunk, then one read; reused.
+    buf: Vec<u8>,
+    /// Bytes of `buf` in use.
+    len: usize,
+    /// End of the whole lines: just past the last newline.
+    lines_end: usize,
+    /// The bytes after `lines_end` are a piece of an over-long line, parsed on their own.
+    piece: bool,
+    /// Whole lines classified.
+    lines: u64,
+    /// Each event with its line (counted from the chunk's first) and the range of its text.
+    events: Vec<(u32, Event, Range<u32>)>,
+}
+
+impl Chunk {
+    /// Finds the events of the chunk's lines.
+    pub fn classify(&mut self) {
+        let Chunk {
+            buf,
+            len,
+            lines_end,
+            piece,
+            lines,
+            events,
+        } = self;
+        events.clear();
+        let bytes = &buf[..*len];
+        let mut index = 0u32;
+        let mut start = 0;
+        let mut classify_line = |line: &[u8], index: u32| {
+            line::parse_line(line, &mut |event, text: &[u8]| {
+                let text = text_range(bytes, line, text);
+                // Built in place: see `BootBuf::push`.
+                events.extend(std::iter::once_with(|| (index, event, text)));
+            });
+        };
+        while let Some(p) = memchr::memchr(b'\n', &bytes[start..*lines_end]) {
+            classify_line(&bytes[start..start + p], index);
+            index += 1;
+            start += p + 1;
+        }
+        if *piece {
+            // Like `Parser::feed`, a piece keeps the number of the line it belongs to.
+            classify_line(&bytes[*lines_end..], index);
+        }
+        *lines = u64::from(index);
+    }
+}
+
+/// Where `text` lies in `bytes`. The line parser only ever shows parts of the line it was
+/// given; should that change, the whole line stands in rather than a wrong range.
+fn text_range(bytes: &[u8], line: &[u8], text: &[u8]) -> Range<u32> {
+    let offset = |part: &[u8]| part.as_ptr().addr().wrapping_sub(bytes.as_ptr().addr());
+    let start = offset(text);
+    let part = if start <= bytes.len() && text.len() <= bytes.len() - start {
+        start..start + text.len()
+    } else {
+        debug_assert!(false, "the line parser showed text outside its line");
+        offset(line)..offset(line) + line.len()
+    };
+    part.start as u32..part.end as u32
 }
