@@ -177,3 +177,34 @@ fn chunks_cut_long_lines_where_feeding_does() {
     assert_eq!(pieces(&[3000]), 2, "cut after 6000 bytes, then the rest");
     assert_eq!(pieces(&[20_000]), 1);
 }
+
+#[test]
+fn chunks_of_a_long_boot_loop_give_the_log_that_feeding_gives() {
+    // Thousands of boots, so that most chunks hold more than `BOOTS_TAIL` of them and the
+    // boots certainly dropped are summed up rather than collected; crashes, noise and long
+    // boots in between, so that the sums have something to count.
+    let logs = corpus_bytes();
+    let mut bytes = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..6000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&logs[x as usize % logs.len()]);
+        if i % 7 == 0 {
+            bytes.extend((0..x % 700).map(|k| (x >> (k % 50)) as u8));
+        }
+        if i % 1000 == 999 {
+            for k in 0..3000 {
+                bytes.extend_from_slice(format!("app line {k}\n").as_bytes());
+            }
+        }
+    }
+    let whole = bootlog::parse(&bytes);
+    assert!(whole.totals.boots > 5000 && whole.totals.crashes > 100);
+    assert!(whole.totals.boots_omitted > 0);
+    for reads in [&[bootlog::READ_SIZE][..], &[7_000, 90_000], &[1 << 20]] {
+        assert_eq!(parse_chunked(&bytes, reads), whole, "reads of {reads:?}");
+    }
+    assert_eq!(bootlog::parse_reader(&bytes[..]).unwrap(), whole);
+}

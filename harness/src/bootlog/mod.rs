@@ -118,6 +118,40 @@ pub struct Totals {
     pub crashes: u64,
 }
 
+impl Totals {
+    /// Counts what an event adds to the totals (all but lines, bytes and dropped boots).
+    fn count(&mut self, event: &Event) {
+        match event {
+            Event::RomBanner(b) => {
+                self.boots += 1;
+                let cause = b.rst_cause.map_or(7, |c| usize::from(c.code()).min(7));
+                self.rst_causes[cause] += 1;
+                if b.boot_mode.map(BootMode::source) == Some(BootSource::UartDownload) {
+                    self.download_mode_boots += 1;
+                }
+            }
+            // A soft WDT dump also prints `Exception (4)` in newer cores; that counts twice,
+            // which only matters for the total.
+            Event::Exception { .. } | Event::Postmortem(_) | Event::SoftWdt => {
+                self.crashes += 1;
+            }
+            Event::Garbage { bytes } => self.garbage_bytes += u64::from(*bytes),
+            _ => {}
+        }
+    }
+
+    /// Adds counts made by [`count`](Totals::count).
+    fn add(&mut self, other: &Totals) {
+        self.boots += other.boots;
+        for (mine, theirs) in self.rst_causes.iter_mut().zip(other.rst_causes) {
+            *mine += theirs;
+        }
+        self.download_mode_boots += other.download_mode_boots;
+        self.crashes += other.crashes;
+        self.garbage_bytes += other.garbage_bytes;
+    }
+}
+
 /// A parsed capture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BootLog {
@@ -146,14 +180,24 @@ pub fn parse(bytes: &[u8]) -> BootLog {
     p.finish()
 }
 
+/// Bytes a reader is asked for at a time: a chunk of a few thousand lines. Larger chunks let more
+/// boots of a boot loop be summed up rather than collected (see [`Chunk`]); the chunks in
+/// flight of a parse over threads stay a few MB.
+pub const READ_SIZE: usize = 256 * 1024;
+
 /// Parses a capture from a reader in fixed-size chunks: constant memory for any length.
 pub fn parse_reader(mut reader: impl std::io::Read) -> std::io::Result<BootLog> {
     let mut parser = Parser::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut chunk = Chunk::default();
     loop {
-        match reader.read(&mut buf) {
+        let space = parser.chunk_space(&mut chunk, READ_SIZE);
+        match reader.read(space) {
             Ok(0) => return Ok(parser.finish()),
-            Ok(n) => parser.feed(&buf[..n]),
+            Ok(n) => {
+                parser.cut(&mut chunk, n);
+                chunk.classify();
+                parser.add(&mut chunk);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -299,22 +343,9 @@ pub(crate) struct Builder {
 impl Builder {
     #[inline(always)]
     pub(crate) fn event(&mut self, line_no: u64, event: Event, bytes: &[u8]) {
-        match &event {
-            Event::RomBanner(b) => {
-                self.start_boot(Some(*b), line_no);
-                self.totals.boots += 1;
-                let cause = b.rst_cause.map_or(7, |c| usize::from(c.code()).min(7));
-                self.totals.rst_causes[cause] += 1;
-                if b.boot_mode.map(BootMode::source) == Some(BootSource::UartDownload) {
-                    self.totals.download_mode_boots += 1;
-                }
-            }
-            // A soft WDT dump also prints `Exception (4)` in newer cores; that counts twice,
-            // which only matters for the total.
-            Event::Exception { .. } | Event::Postmortem(_) | Event::SoftWdt => {
-                self.totals.crashes += 1;
-            }
-            _ => {}
+        self.totals.count(&event);
+        if let Event::RomBanner(b) = &event {
+            self.start_boot(Some(*b), line_no);
         }
         if self.current.is_none() {
             self.start_boot(None, line_no);
@@ -337,7 +368,6 @@ impl Builder {
             Event::Garbage { bytes: n } => {
                 boot.garbage_bytes += u64::from(*n);
                 boot.trailing_garbage_bytes += u64::from(*n);
-                self.totals.garbage_bytes += u64::from(*n);
             }
             Event::StackWords { .. } => {
                 boot.stack_words += 1;
@@ -353,6 +383,26 @@ impl Builder {
             }
         }
         boot.push(line_no, event, bytes);
+    }
+
+    /// Whether the first boots, which are kept whatever follows, are all in.
+    pub(crate) fn head_full(&self) -> bool {
+        self.head.len() == BOOTS_HEAD
+    }
+
+    /// Counts `boots` boots that start here and that the log certainly drops (more than
+    /// [`BOOTS_TAIL`] boots follow them; see `Chunk`), with the `totals` of their events,
+    /// without collecting them. The log comes out as if their events had been added one by
+    /// one: the boot before them ends, and each of them would have passed through the ring
+    /// and out of it.
+    pub(crate) fn skip(&mut self, boots: u64, totals: &Totals) {
+        debug_assert!(self.head_full(), "the first boots are never skipped");
+        if let Some(done) = self.current.take() {
+            self.keep(done);
+        }
+        self.next_index += boots;
+        self.totals.boots_omitted += boots;
+        self.totals.add(totals);
     }
 
     fn start_boot(&mut self, banner: Option<Banner>, line_no: u64) {

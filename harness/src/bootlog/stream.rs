@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::{BootLog, Builder, Event, line};
+use super::{BOOTS_TAIL, BootLog, Builder, Event, Totals, line};
 
 /// Longest line buffered before it is handed on in pieces. Garbage at the wrong baud rate can
 /// run for megabytes without a newline; cutting it keeps memory constant.
@@ -87,6 +87,9 @@ impl Parser {
         chunk.piece = false;
         chunk.lines = 0;
         chunk.events.clear();
+        chunk.skipped = None;
+        // The parser may have more boots by the time the chunk comes back, never fewer.
+        chunk.may_skip = self.builder.head_full();
         &mut chunk.buf[carry..carry + size]
     }
 
@@ -112,7 +115,13 @@ impl Parser {
     /// Adds the events of a classified chunk. Chunks must come in the order they were cut.
     pub fn add(&mut self, chunk: &mut Chunk) {
         let bytes = &chunk.buf[..chunk.len];
-        for (index, event, text) in chunk.events.drain(..) {
+        let skip_at = chunk.skipped.as_ref().map_or(usize::MAX, |s| s.at);
+        for (i, (index, event, text)) in chunk.events.drain(..).enumerate() {
+            if i == skip_at
+                && let Some(s) = &chunk.skipped
+            {
+                self.builder.skip(s.boots, &s.totals);
+            }
             let number = self.line_no + u64::from(index) + 1;
             let text = &bytes[text.start as usize..text.end as usize];
             self.builder.event(number, event, text);
@@ -153,6 +162,27 @@ pub struct Chunk {
     lines: u64,
     /// Each event with its line (counted from the chunk's first) and the range of its text.
     events: Vec<(u32, Event, Range<u32>)>,
+    /// Whether boots the log certainly drops may be summed up rather than handed on: not
+    /// while the parser still takes in its first boots, which it keeps whatever follows.
+    may_skip: bool,
+    /// The boots summed up, if any.
+    skipped: Option<Skipped>,
+}
+
+/// Boots of a chunk that the log drops whatever else the capture holds, summed up.
+///
+/// The log keeps the last [`BOOTS_TAIL`] boots, and a boot leaves that ring when the
+/// `BOOTS_TAIL + 1`-th boot after it starts. So a boot followed by that many banners in its own
+/// chunk is certainly dropped, and only its counts matter. In a boot loop, most boots of a chunk
+/// are such boots; summing them up in the worker spares the parser collecting their records.
+#[derive(Debug)]
+struct Skipped {
+    /// Where in `events` they were (their events are removed).
+    at: usize,
+    /// How many.
+    boots: u64,
+    /// What their events add to the totals.
+    totals: Totals,
 }
 
 impl Chunk {
@@ -165,6 +195,7 @@ impl Chunk {
             piece,
             lines,
             events,
+            ..
         } = self;
         events.clear();
         let bytes = &buf[..*len];
@@ -187,7 +218,36 @@ impl Chunk {
             classify_line(&bytes[*lines_end..], index);
         }
         *lines = u64::from(index);
+        if self.may_skip {
+            self.skipped = skip_dropped_boots(&mut self.events);
+        }
     }
+}
+
+/// Removes the events of the boots that more than [`BOOTS_TAIL`] later boots of the same chunk
+/// push out of the log, and sums them up.
+fn skip_dropped_boots(events: &mut Vec<(u32, Event, Range<u32>)>) -> Option<Skipped> {
+    let is_banner = |e: &(u32, Event, Range<u32>)| matches!(e.1, Event::RomBanner(_));
+    let banners = events.iter().filter(|e| is_banner(e)).count();
+    // Banner `j` (from 0) starts a dropped boot when `j + BOOTS_TAIL + 1 <= banners - 1`.
+    let boots = banners.checked_sub(BOOTS_TAIL + 1).filter(|&n| n > 0)?;
+    let mut starts = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| is_banner(e))
+        .map(|(i, _)| i);
+    let first = starts.next()?;
+    // The banner of the first boot kept.
+    let end = starts.nth(boots - 1)?;
+    let mut totals = Totals::default();
+    for (_, event, _) in events.drain(first..end) {
+        totals.count(&event);
+    }
+    Some(Skipped {
+        at: first,
+        boots: boots as u64,
+        totals,
+    })
 }
 
 /// Where `text` lies in `bytes`. The line parser only ever shows parts of the line it was

@@ -12,7 +12,7 @@ use clap::{Args, ValueEnum};
 use miette::{IntoDiagnostic, WrapErr};
 use serde::Serialize;
 
-use harness::bootlog::{BootLog, Chunk, Parser};
+use harness::bootlog::{self, BootLog, Chunk, Parser};
 use harness::triage::{self, Report};
 
 use super::CmdResult;
@@ -66,16 +66,12 @@ struct Named<'a> {
 
 fn triage_reader(reader: impl Read, threads: usize) -> io::Result<Report> {
     let log = if threads == 0 {
-        harness::bootlog::parse_reader(reader)?
+        bootlog::parse_reader(reader)?
     } else {
         parse_parallel(reader, threads)?
     };
     Ok(triage::triage(&log))
 }
-
-/// Bytes read at a time by the parallel parse: big enough that handing a chunk to a thread
-/// costs nothing next to classifying it, small enough that the chunks in flight stay a few MB.
-const READ_SIZE: usize = 128 * 1024;
 
 /// Parses a capture with `workers` threads classifying its lines (the bulk of the work) while
 /// this one reads and groups their events into boots, in order (see [`Chunk`]).
@@ -106,7 +102,10 @@ fn parse_parallel(mut reader: impl Read, workers: usize) -> io::Result<BootLog> 
         loop {
             while !eof && in_flight.len() < 2 * workers {
                 let mut chunk = spare.pop().unwrap_or_default();
-                let n = read_some(&mut reader, parser.chunk_space(&mut chunk, READ_SIZE))?;
+                let n = read_some(
+                    &mut reader,
+                    parser.chunk_space(&mut chunk, bootlog::READ_SIZE),
+                )?;
                 if n == 0 {
                     eof = true;
                     break;
