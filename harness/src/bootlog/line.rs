@@ -22,20 +22,59 @@ pub(crate) const EVIDENCE_CHARS: usize = 160;
 /// Deepest chain of "event, then the rest of the line" on one line.
 const MAX_SPLITS: usize = 4;
 
+/// Where the line parser puts the events it finds.
+///
+/// Each event is written straight into the place that keeps it ([`slot`](Sink::slot)), then
+/// its text is given ([`commit`](Sink::commit)). Handing events on by value instead copies each
+/// one just after it was written field by field; the processor then cannot forward the
+/// narrow stores to the wide loads of the copy and waits for them, once per copy, and that
+/// waiting took longer than parsing the loader lines that make up most of a boot log.
+pub(crate) trait Sink {
+    /// The place for the next event. The parser overwrites what is in it; a slot handed out
+    /// and not committed is handed out again.
+    fn slot(&mut self) -> &mut Event;
+    /// The event in the slot is complete, shown by `text` (a part of the line).
+    fn commit(&mut self, text: &[u8]);
+}
+
 /// Parses one line (without its terminator) and calls `emit` with each event found and the
 /// bytes that show it. A line can carry several events, e.g. garbage followed by a ROM banner
 /// when the app's last output had no newline, or `@` + `cp:0` from eboot; events of one token
 /// chain are shown with the whole line.
 pub(crate) fn parse_line(line: &[u8], emit: &mut impl FnMut(Event, &[u8])) {
-    parse_part(line, None, 0, emit);
+    struct Emit<'e, F> {
+        slot: Event,
+        emit: &'e mut F,
+    }
+    impl<F: FnMut(Event, &[u8])> Sink for Emit<'_, F> {
+        fn slot(&mut self) -> &mut Event {
+            &mut self.slot
+        }
+        fn commit(&mut self, text: &[u8]) {
+            (self.emit)(std::mem::replace(&mut self.slot, Event::Text), text);
+        }
+    }
+    parse_into(
+        line,
+        &mut Emit {
+            slot: Event::Text,
+            emit,
+        },
+    );
 }
 
-fn parse_part(
-    line: &[u8],
-    chain: Option<&[u8]>,
-    depth: usize,
-    emit: &mut impl FnMut(Event, &[u8]),
-) {
+/// Parses one line like [`parse_line`], into a [`Sink`].
+pub(crate) fn parse_into(line: &[u8], sink: &mut impl Sink) {
+    parse_part(line, None, 0, sink);
+}
+
+/// Writes `event` into the next slot and commits it.
+fn put(sink: &mut impl Sink, event: Event, text: &[u8]) {
+    *sink.slot() = event;
+    sink.commit(text);
+}
+
+fn parse_part(line: &[u8], chain: Option<&[u8]>, depth: usize, sink: &mut impl Sink) {
     let line = trim(line);
     if line.is_empty() {
         return;
@@ -48,20 +87,20 @@ fn parse_part(
     // Known line kinds first, by their first bytes: most lines of a boot log are one of them,
     // and they need no scan of the whole line.
     if line.starts_with(b"ets Jan") {
-        emit(Event::RomBanner(banner(line)), line);
+        put(sink, Event::RomBanner(banner(line)), line);
         return;
     }
-    if let Some((event, rest)) = classify(line) {
+    if let Some(rest) = classify(line, sink.slot()) {
         let rest = trim(rest);
         if rest.is_empty() {
-            emit(event, chain.unwrap_or(line));
+            sink.commit(chain.unwrap_or(line));
         } else {
             let used = &line[..line.len() - rest.len()];
-            emit(event, chain.unwrap_or(used));
+            sink.commit(chain.unwrap_or(used));
             if depth < MAX_SPLITS {
-                parse_part(rest, chain.or(Some(line)), depth + 1, emit);
+                parse_part(rest, chain.or(Some(line)), depth + 1, sink);
             } else {
-                emit(Event::Text, rest);
+                put(sink, Event::Text, rest);
             }
         }
         return;
@@ -69,30 +108,36 @@ fn parse_part(
     // Unknown: app text, garbage, a banner after other output, or parts split by bare CRs.
     let scan = scan(line);
     // A bare CR inside a line (progress output, terminals) separates parts of the line.
-    if !scan.plain && depth == 0 && memchr::memchr(b'\r', line).is_some() {
-        for part in line.split(|&c| c == b'\r') {
-            parse_part(part, None, depth + 1, emit);
+    if !scan.plain
+        && depth == 0
+        && let Some(first_cr) = memchr::memchr(b'\r', line)
+    {
+        // memchr rather than `split`, which looks at one byte at a time: noise at the wrong
+        // baud rate holds a CR every few hundred bytes.
+        let mut start = 0;
+        let mut cr = Some(first_cr);
+        while let Some(end) = cr {
+            parse_part(&line[start..end], None, depth + 1, sink);
+            start = end + 1;
+            cr = memchr::memchr(b'\r', &line[start..]).map(|p| start + p);
         }
+        parse_part(&line[start..], None, depth + 1, sink);
         return;
     }
     // The banner can follow garbage or app output on the same line when a reset cut it short.
     if scan.has_j
         && let Some(pos) = find_banner(line)
     {
-        parse_part(&line[..pos], None, depth + 1, emit);
+        parse_part(&line[..pos], None, depth + 1, sink);
         let banner_text = &line[pos..];
-        emit(Event::RomBanner(banner(banner_text)), banner_text);
+        put(sink, Event::RomBanner(banner(banner_text)), banner_text);
         return;
     }
     if !scan.plain && is_garbage(line) {
-        emit(
-            Event::Garbage {
-                bytes: line.len() as u32,
-            },
-            line,
-        );
+        let bytes = line.len() as u32;
+        put(sink, Event::Garbage { bytes }, line);
     } else {
-        emit(Event::Text, line);
+        put(sink, Event::Text, line);
     }
 }
 
@@ -198,83 +243,97 @@ const GARBAGE_SAMPLE: usize = 256;
 fn is_garbage(line: &[u8]) -> bool {
     // Noise is uniform; its first bytes decide as well as all of them.
     let line = &line[..line.len().min(GARBAGE_SAMPLE)];
-    let Some(&first) = line.first() else {
+    let Some((&first, _)) = line.split_first() else {
         return false;
     };
-    let text = |c: u8| (0x20..0x7f).contains(&c) || c == b'\t';
-    // Controls, DEL and UTF-8 lead bytes; continuation bytes are counted apart (`stray`).
-    let noise = |c: u8| (c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0;
-    // Lead bytes start a character; a continuation byte after ASCII starts nothing valid.
-    let stray = |prev: u8, c: u8| (0x80..0xc0).contains(&c) && prev < 0x80;
-    // One loop over (previous, current) pairs with 16-bit counters (a sample has at most 256
-    // bytes): it vectorises into wide lanes, where a running `prev` and `usize` counters did
-    // not, and noise lines are hundreds of bytes long.
-    let mut ascii = u16::from(text(first));
-    let mut other = u16::from(noise(first) || stray(0, first));
-    for (&prev, &c) in line.iter().zip(&line[1..]) {
-        ascii += u16::from(text(c));
-        other += u16::from(noise(c) || stray(prev, c));
+    // Every byte is text (printable ASCII, tab), a continuation byte after a non-ASCII byte
+    // (part of a character already counted), or else non-text: so counting the first two
+    // gives the third.
+    let text = |c: u8| c.wrapping_sub(0x20) < 0x5f || c == b'\t';
+    let continues = |prev: u8, c: u8| c & 0xc0 == 0x80 && prev >= 0x80;
+    // Each byte beside the one before it, in runs of at most 128 so that byte-wide sums cannot
+    // overflow: the compiler turns these sums into plain SIMD, which matters on noise lines
+    // hundreds of bytes long (a running `prev` and `usize` counters kept it to a byte at a time).
+    let mut ascii = usize::from(text(first));
+    let mut part = 0;
+    let (cur, prev) = (&line[1..], &line[..line.len() - 1]);
+    for (cur, prev) in cur.chunks(128).zip(prev.chunks(128)) {
+        ascii += usize::from(cur.iter().fold(0u8, |n, &c| n + u8::from(text(c))));
+        part += usize::from(
+            cur.iter()
+                .zip(prev)
+                .fold(0u8, |n, (&c, &p)| n + u8::from(continues(p, c))),
+        );
     }
+    let other = line.len() - ascii - part;
     other * 2 > ascii
 }
 
-/// Matches the known line kinds; returns the event and the unparsed rest of the line.
+/// Matches the known line kinds: writes the event into `slot` and returns the unparsed rest of
+/// the line, or leaves `slot` alone when the line is of no known kind.
 ///
 /// Most lines are told apart by their first bytes, so each arm calls the one parser that can
-/// match and returns its result as is. A chain of `or_else` costs more: every link copies the
-/// event out of one stack slot into the next, and on the loader and stack-dump lines that make
-/// up most of a boot log those copies took longer than the parse.
-fn classify(line: &[u8]) -> Option<(Event, &[u8])> {
+/// match. The parsers of common lines are inlined here, so that the event they build is
+/// written straight into the slot (see [`Sink`]); a chain of `or_else` would copy it from one
+/// stack slot into the next at every link.
+fn classify<'a>(line: &'a [u8], slot: &mut Event) -> Option<&'a [u8]> {
+    // Inlined into each arm, so that the event goes from the parser into the slot directly.
+    let mut put = |found: Option<(Event, &'a [u8])>| {
+        let (event, rest) = found?;
+        *slot = event;
+        Some(rest)
+    };
     match line[0] {
         // `load 0x..` or eboot's `ld`; no loader detail word starts with `l`.
-        b'l' if line.starts_with(b"ld") => eboot(line),
-        b'l' => load(line),
-        b'r' if line.starts_with(b"rf_cal[") || line.starts_with(b"rst_info") => rf_cal(line),
-        b't' | b'r' | b'h' => loader_detail(line),
-        b'c' if line.starts_with(b"ctx:") => ctx(line),
-        b'c' if line.starts_with(b"cp:") || line.starts_with(b"cmp:") => eboot(line),
-        b'c' => checksum(line),
-        b'w' => prefixed(line, b"wdt reset", Event::WdtReset)
-            .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost)),
-        b'f' => prefixed(line, b"flash read err", Event::FlashReadErr),
-        b'v' => eboot_version(line),
-        b'@' | b'~' => eboot(line),
-        b'e' if line.starts_with(b"e:") => eboot_error(line),
-        b'e' if line.starts_with(b"epc1") => registers_line(line),
-        b'e' => prefixed(line, b"ets_main.c", Event::EtsMain),
-        b'E' if line.starts_with(b"ERROR[") => updater_error(line),
-        b'E' => exception(line),
+        b'l' if line.starts_with(b"ld") => put(eboot(line)),
+        b'l' => put(load(line)),
+        b'r' if line.starts_with(b"rf_cal[") || line.starts_with(b"rst_info") => put(rf_cal(line)),
+        b't' | b'r' | b'h' => put(loader_detail(line)),
+        b'c' if line.starts_with(b"ctx:") => put(ctx(line)),
+        b'c' if line.starts_with(b"cp:") || line.starts_with(b"cmp:") => put(eboot(line)),
+        b'c' => put(checksum(line)),
+        b'w' => put(prefixed(line, b"wdt reset", Event::WdtReset)
+            .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost))),
+        b'f' => put(prefixed(line, b"flash read err", Event::FlashReadErr)),
+        b'v' => put(eboot_version(line)),
+        b'@' | b'~' => put(eboot(line)),
+        b'e' if line.starts_with(b"e:") => put(eboot_error(line)),
+        b'e' if line.starts_with(b"epc1") => put(registers_line(line)),
+        b'e' => put(prefixed(line, b"ets_main.c", Event::EtsMain)),
+        b'E' if line.starts_with(b"ERROR[") => put(updater_error(line)),
+        b'E' => put(exception(line)),
         // `Fatal exception:29 flag:2` is the app reporting the last reset; the SDK's own crash
         // line has a space or a parenthesis after `exception`.
-        b'F' if line.starts_with(b"Fatal exception:") => reset_info_fatal(line),
-        b'F' if line.starts_with(b"Flash config wrong") => flash_config_error(line),
-        b'F' => fatal_exception(line),
-        b'S' => soft_wdt(line)
+        b'F' if line.starts_with(b"Fatal exception:") => put(reset_info_fatal(line)),
+        b'F' if line.starts_with(b"Flash config wrong") => put(flash_config_error(line)),
+        b'F' => put(fatal_exception(line)),
+        b'S' => put(soft_wdt(line)
             .or_else(|| sdk_start(line))
             .or_else(|| postmortem(line))
-            .or_else(|| spi_detail(line)),
-        b's' => stack_pointer(line),
-        b'>' => prefixed(line, b">>>stack>>>", Event::StackBegin),
-        b'<' => prefixed(line, b"<<<stack<<<", Event::StackEnd),
-        b'-' | b'T' => cut_here(line),
-        b'P' | b'A' | b'G' => postmortem(line),
-        b'U' => postmortem(line).or_else(|| update_line(line)),
-        b'R' => reset_info(line).or_else(|| rebooting(line)),
-        b'H' => identity(line),
-        b'I' => updater_error(line),
-        b'j' => sdk_start(line),
-        b'2' if line.starts_with(b"2nd boot version") => sdk_start(line),
+            .or_else(|| spi_detail(line))),
+        b's' => put(stack_pointer(line)),
+        b'>' => put(prefixed(line, b">>>stack>>>", Event::StackBegin)),
+        b'<' => put(prefixed(line, b"<<<stack<<<", Event::StackEnd)),
+        b'-' | b'T' => put(cut_here(line)),
+        b'P' | b'A' | b'G' => put(postmortem(line)),
+        b'U' => put(postmortem(line).or_else(|| update_line(line))),
+        b'R' => put(reset_info(line).or_else(|| rebooting(line))),
+        b'H' => put(identity(line)),
+        b'I' => put(updater_error(line)),
+        b'j' => put(sdk_start(line)),
+        b'2' if line.starts_with(b"2nd boot version") => put(sdk_start(line)),
         // App lines often carry a timestamp or tag in front of update messages (Tasmota,
         // ESPEasy); only a line that is not a stack dump line needs the search for them.
         b'0'..=b'9' if is_stack_words(line) => {
-            stack_words(line).or_else(|| update_line_anywhere(line))
+            put({ stack_words(line).or_else(|| update_line_anywhere(line)) })
         }
-        b'0'..=b'9' => update_line_anywhere(line),
-        b'a' | b'b' | b'd' => stack_words(line),
+        b'0'..=b'9' => put(update_line_anywhere(line)),
+        b'a' | b'b' | b'd' => put(stack_words(line)),
         _ => None,
     }
 }
 
+#[inline(always)]
 fn prefixed<'a>(line: &'a [u8], prefix: &[u8], event: Event) -> Option<(Event, &'a [u8])> {
     line.strip_prefix(prefix).map(|rest| (event, rest))
 }
@@ -303,7 +362,7 @@ const HEX: [u8; 256] = {
 const NOT_HEX: u8 = 0x80;
 
 /// One to eight hex digits (a ninth is left in the input), like `take_while_m_n(1, 8, hex)`.
-#[inline]
+#[inline(always)]
 fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
     // Addresses and words in loader lines and stack dumps have all eight digits: fold them
     // without a branch per digit and check once at the end.
@@ -367,21 +426,33 @@ fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
 
 /// `ets Jan  8 2013,rst cause:2, boot mode:(3,6)`; fields stay `None` where the line is cut.
 fn banner(line: &[u8]) -> Banner {
+    // Every ROM prints the same date and separators, so the usual text is matched whole
+    // before the parsers for its parts run (a boot loop is a banner every dozen lines); the
+    // parsers take the rest (one space, a space after the comma, a line cut short).
     fn cause(i: &[u8]) -> IResult<&[u8], u8> {
-        let (i, _) = (
-            tag("ets Jan"),
-            space1,
-            digit1,
-            space1,
-            digit1,
-            char(','),
-            space0,
-        )
-            .parse(i)?;
+        let (i, _) = match i.strip_prefix(b"ets Jan  8 2013,") {
+            Some(rest) => space0(rest)?,
+            None => (
+                tag("ets Jan"),
+                space1,
+                digit1,
+                space1,
+                digit1,
+                char(','),
+                space0,
+            )
+                .parse(i)
+                .map(|(i, _)| (i, &i[..0]))?,
+        };
         preceded(tag("rst cause:"), dec_u8).parse(i)
     }
     fn mode(i: &[u8]) -> IResult<&[u8], BootMode> {
-        let (i, _) = (opt(char(',')), space0, tag("boot mode:("), space0).parse(i)?;
+        let (i, _) = match i.strip_prefix(b", boot mode:(") {
+            Some(rest) => space0(rest)?,
+            None => (opt(char(',')), space0, tag("boot mode:("), space0)
+                .parse(i)
+                .map(|(i, _)| (i, &i[..0]))?,
+        };
         let (i, x) = dec_u8(i)?;
         let (i, _) = (space0, char(','), space0).parse(i)?;
         let (i, y) = dec_u8(i)?;
@@ -401,6 +472,7 @@ fn banner(line: &[u8]) -> Banner {
 }
 
 /// `load 0x4010f000, len 1384, room 16`.
+#[inline(always)]
 fn load(line: &[u8]) -> Option<(Event, &[u8])> {
     let mut p = (
         tag("load 0x"),
@@ -416,6 +488,7 @@ fn load(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 /// `tail N`, `room N`, `ho 0 tail 12 room 4`: the ROM's read-buffer bookkeeping.
+#[inline(always)]
 fn loader_detail(line: &[u8]) -> Option<(Event, &[u8])> {
     let mut p = (
         take_while(|c: u8| c.is_ascii_lowercase()),
@@ -437,6 +510,7 @@ fn spi_detail(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 /// `chksum 0x2d`, `csum 0x2d`, `csum err`.
+#[inline(always)]
 fn checksum(line: &[u8]) -> Option<(Event, &[u8])> {
     if let Some(rest) = line.strip_prefix(b"csum err") {
         return Some((Event::CsumErr, rest));
@@ -451,6 +525,7 @@ fn checksum(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 /// `v3ffe903d`: exactly eight hex digits after `v`.
+#[inline(always)]
 fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
     let digits = line.get(1..9)?;
     if !digits.iter().all(u8::is_ascii_hexdigit)
@@ -465,6 +540,7 @@ fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
 
 /// eboot's one-letter protocol: `@` or `~`, then `cp:N`, `cmp:N` or `ld`.
 /// The prefix comes back as its own event so that `@cp:0` yields two.
+#[inline(always)]
 fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
     // eboot prints its marker directly before the action; anything else is not eboot.
     let action = |rest: &[u8]| {
@@ -497,6 +573,7 @@ fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
     None
 }
 
+#[inline(always)]
 fn digit_opt(rest: &[u8]) -> (&[u8], Option<u8>) {
     match rest.first() {
         Some(d @ b'0'..=b'9') => (&rest[1..], Some(d - b'0')),
@@ -505,6 +582,7 @@ fn digit_opt(rest: &[u8]) -> (&[u8], Option<u8>) {
 }
 
 /// `e:3` alone on its line (eboot failed to load the app).
+#[inline(always)]
 fn eboot_error(line: &[u8]) -> Option<(Event, &[u8])> {
     let rest = line.strip_prefix(b"e:")?;
     let (after, code) = digit_opt(rest);
@@ -722,6 +800,7 @@ fn is_stack_words(line: &[u8]) -> bool {
 }
 
 /// `3fff0ba0:  00000004 00000000 3ffefbbc 40202808`.
+#[inline(always)]
 fn stack_words(line: &[u8]) -> Option<(Event, &[u8])> {
     if !is_stack_words(line) {
         return None;

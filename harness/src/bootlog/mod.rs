@@ -257,7 +257,7 @@ impl BootBuf {
     }
 
     #[inline(always)]
-    fn push(&mut self, line: u64, event: Event, bytes: &[u8]) {
+    fn push(&mut self, line: u64, event: &Event, bytes: &[u8]) {
         self.last_line = line;
         let bytes = &bytes[..bytes.len().min(RAW_TEXT_BYTES)];
         if self.head.len() < RECORDS_HEAD {
@@ -266,7 +266,7 @@ impl BootBuf {
             let end = self.head_text.len();
             self.head.extend(std::iter::once_with(|| RawRecord {
                 line,
-                event,
+                event: event.clone(),
                 text: start..end,
             }));
             return;
@@ -282,7 +282,7 @@ impl BootBuf {
         self.tail.push_back((
             RawRecord {
                 line,
-                event,
+                event: event.clone(),
                 text: 0..bytes.len(),
             },
             buf,
@@ -342,9 +342,9 @@ pub(crate) struct Builder {
 
 impl Builder {
     #[inline(always)]
-    pub(crate) fn event(&mut self, line_no: u64, event: Event, bytes: &[u8]) {
-        self.totals.count(&event);
-        if let Event::RomBanner(b) = &event {
+    pub(crate) fn event(&mut self, line_no: u64, event: &Event, bytes: &[u8]) {
+        self.totals.count(event);
+        if let Event::RomBanner(b) = event {
             self.start_boot(Some(*b), line_no);
         }
         if self.current.is_none() {
@@ -353,7 +353,7 @@ impl Builder {
         let Some(boot) = self.current.as_mut() else {
             return;
         };
-        match &event {
+        match event {
             Event::Text | Event::Identity | Event::Update(_) => {
                 boot.text_lines += 1;
                 // Output at the wrong rate also yields short ASCII-only fragments; only a line

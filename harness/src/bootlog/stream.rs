@@ -116,16 +116,25 @@ impl Parser {
     pub fn add(&mut self, chunk: &mut Chunk) {
         let bytes = &chunk.buf[..chunk.len];
         let skip_at = chunk.skipped.as_ref().map_or(usize::MAX, |s| s.at);
-        for (i, (index, event, text)) in chunk.events.drain(..).enumerate() {
+        // By reference, and cloned into the boot's record: moving each event out first
+        // copies it into a temporary that the next step reads back in other widths, and the
+        // processor stalls on that.
+        for (i, (index, event, text)) in chunk.events.iter().enumerate() {
             if i == skip_at
                 && let Some(s) = &chunk.skipped
             {
                 self.builder.skip(s.boots, &s.totals);
             }
-            let number = self.line_no + u64::from(index) + 1;
+            let number = self.line_no + u64::from(*index) + 1;
             let text = &bytes[text.start as usize..text.end as usize];
             self.builder.event(number, event, text);
         }
+        if skip_at == chunk.events.len()
+            && let Some(s) = &chunk.skipped
+        {
+            self.builder.skip(s.boots, &s.totals);
+        }
+        chunk.events.clear();
         self.line_no += chunk.lines;
     }
 
@@ -133,7 +142,7 @@ impl Parser {
         let number = self.line_no + 1;
         let builder = &mut self.builder;
         line::parse_line(bytes, &mut |event, text: &[u8]| {
-            builder.event(number, event, text)
+            builder.event(number, &event, text)
         });
     }
 }
@@ -199,24 +208,23 @@ impl Chunk {
         } = self;
         events.clear();
         let bytes = &buf[..*len];
-        let mut index = 0u32;
-        let mut start = 0;
-        let mut classify_line = |line: &[u8], index: u32| {
-            line::parse_line(line, &mut |event, text: &[u8]| {
-                let text = text_range(bytes, line, text);
-                // Built in place: see `BootBuf::push`.
-                events.extend(std::iter::once_with(|| (index, event, text)));
-            });
+        let mut sink = ChunkSink {
+            bytes,
+            events,
+            index: 0,
+            open: false,
         };
+        let mut start = 0;
         while let Some(p) = memchr::memchr(b'\n', &bytes[start..*lines_end]) {
-            classify_line(&bytes[start..start + p], index);
-            index += 1;
+            sink.line(&bytes[start..start + p]);
+            sink.index += 1;
             start += p + 1;
         }
         if *piece {
             // Like `Parser::feed`, a piece keeps the number of the line it belongs to.
-            classify_line(&bytes[*lines_end..], index);
+            sink.line(&bytes[*lines_end..]);
         }
+        let index = sink.index;
         *lines = u64::from(index);
         if self.may_skip {
             self.skipped = skip_dropped_boots(&mut self.events);
@@ -250,16 +258,57 @@ fn skip_dropped_boots(events: &mut Vec<(u32, Event, Range<u32>)>) -> Option<Skip
     })
 }
 
+/// Puts the events of a chunk's lines into its list, each built in place (see [`line::Sink`]).
+struct ChunkSink<'a> {
+    bytes: &'a [u8],
+    events: &'a mut Vec<(u32, Event, Range<u32>)>,
+    /// The line being parsed, counted from the chunk's first.
+    index: u32,
+    /// The last entry of `events` is a slot handed out and not yet committed.
+    open: bool,
+}
+
+impl ChunkSink<'_> {
+    fn line(&mut self, line: &[u8]) {
+        line::parse_into(line, self);
+        if self.open {
+            // A slot the line did not need.
+            self.events.pop();
+            self.open = false;
+        }
+    }
+}
+
+impl line::Sink for ChunkSink<'_> {
+    fn slot(&mut self) -> &mut Event {
+        if !self.open {
+            let index = self.index;
+            // Built in place: `push` builds the entry on the stack and copies it over.
+            self.events
+                .extend(std::iter::once_with(|| (index, Event::Text, 0..0)));
+            self.open = true;
+        }
+        let last = self.events.len() - 1;
+        &mut self.events[last].1
+    }
+
+    fn commit(&mut self, text: &[u8]) {
+        let range = text_range(self.bytes, text);
+        if let Some(last) = self.events.last_mut() {
+            last.2 = range;
+        }
+        self.open = false;
+    }
+}
+
 /// Where `text` lies in `bytes`. The line parser only ever shows parts of the line it was
-/// given; should that change, the whole line stands in rather than a wrong range.
-fn text_range(bytes: &[u8], line: &[u8], text: &[u8]) -> Range<u32> {
-    let offset = |part: &[u8]| part.as_ptr().addr().wrapping_sub(bytes.as_ptr().addr());
-    let start = offset(text);
-    let part = if start <= bytes.len() && text.len() <= bytes.len() - start {
-        start..start + text.len()
+/// given; should that change, an empty text stands in rather than a wrong one.
+fn text_range(bytes: &[u8], text: &[u8]) -> Range<u32> {
+    let start = text.as_ptr().addr().wrapping_sub(bytes.as_ptr().addr());
+    if start <= bytes.len() && text.len() <= bytes.len() - start {
+        start as u32..(start + text.len()) as u32
     } else {
         debug_assert!(false, "the line parser showed text outside its line");
-        offset(line)..offset(line) + line.len()
-    };
-    part.start as u32..part.end as u32
+        0..0
+    }
 }
