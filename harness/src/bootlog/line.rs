@@ -325,7 +325,7 @@ fn classify<'a>(line: &'a [u8], slot: &mut Event) -> Option<&'a [u8]> {
         // App lines often carry a timestamp or tag in front of update messages (Tasmota,
         // ESPEasy); only a line that is not a stack dump line needs the search for them.
         b'0'..=b'9' if is_stack_words(line) => {
-            put({ stack_words(line).or_else(|| update_line_anywhere(line)) })
+            put(stack_words(line).or_else(|| update_line_anywhere(line)))
         }
         b'0'..=b'9' => put(update_line_anywhere(line)),
         b'a' | b'b' | b'd' => put(stack_words(line)),

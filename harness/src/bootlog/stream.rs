@@ -115,25 +115,29 @@ impl Parser {
     /// Adds the events of a classified chunk. Chunks must come in the order they were cut.
     pub fn add(&mut self, chunk: &mut Chunk) {
         let bytes = &chunk.buf[..chunk.len];
-        let skip_at = chunk.skipped.as_ref().map_or(usize::MAX, |s| s.at);
+        // The events before and after the boots summed up, if any.
+        let (before, after) = match &chunk.skipped {
+            Some(s) => (
+                &chunk.events[..s.events.start],
+                &chunk.events[s.events.end..],
+            ),
+            None => (&chunk.events[..], &[][..]),
+        };
         // By reference, and cloned into the boot's record: moving each event out first
         // copies it into a temporary that the next step reads back in other widths, and the
         // processor stalls on that.
-        for (i, (index, event, text)) in chunk.events.iter().enumerate() {
-            if i == skip_at
-                && let Some(s) = &chunk.skipped
-            {
-                self.builder.skip(s.boots, &s.totals);
+        let add = |builder: &mut Builder, events: &[(u32, Event, Range<u32>)]| {
+            for (index, event, text) in events {
+                let number = self.line_no + u64::from(*index) + 1;
+                let text = &bytes[text.start as usize..text.end as usize];
+                builder.event(number, event, text);
             }
-            let number = self.line_no + u64::from(*index) + 1;
-            let text = &bytes[text.start as usize..text.end as usize];
-            self.builder.event(number, event, text);
-        }
-        if skip_at == chunk.events.len()
-            && let Some(s) = &chunk.skipped
-        {
+        };
+        add(&mut self.builder, before);
+        if let Some(s) = &chunk.skipped {
             self.builder.skip(s.boots, &s.totals);
         }
+        add(&mut self.builder, after);
         chunk.events.clear();
         self.line_no += chunk.lines;
     }
@@ -186,8 +190,8 @@ pub struct Chunk {
 /// are such boots; summing them up in the worker spares the parser collecting their records.
 #[derive(Debug)]
 struct Skipped {
-    /// Where in `events` they were (their events are removed).
-    at: usize,
+    /// Their events.
+    events: Range<usize>,
     /// How many.
     boots: u64,
     /// What their events add to the totals.
@@ -227,14 +231,14 @@ impl Chunk {
         let index = sink.index;
         *lines = u64::from(index);
         if self.may_skip {
-            self.skipped = skip_dropped_boots(&mut self.events);
+            self.skipped = skip_dropped_boots(&self.events);
         }
     }
 }
 
-/// Removes the events of the boots that more than [`BOOTS_TAIL`] later boots of the same chunk
-/// push out of the log, and sums them up.
-fn skip_dropped_boots(events: &mut Vec<(u32, Event, Range<u32>)>) -> Option<Skipped> {
+/// Finds the boots that more than [`BOOTS_TAIL`] later boots of the same chunk push out of the
+/// log, and sums up their events.
+fn skip_dropped_boots(events: &[(u32, Event, Range<u32>)]) -> Option<Skipped> {
     let is_banner = |e: &(u32, Event, Range<u32>)| matches!(e.1, Event::RomBanner(_));
     let banners = events.iter().filter(|e| is_banner(e)).count();
     // Banner `j` (from 0) starts a dropped boot when `j + BOOTS_TAIL + 1 <= banners - 1`.
@@ -248,11 +252,11 @@ fn skip_dropped_boots(events: &mut Vec<(u32, Event, Range<u32>)>) -> Option<Skip
     // The banner of the first boot kept.
     let end = starts.nth(boots - 1)?;
     let mut totals = Totals::default();
-    for (_, event, _) in events.drain(first..end) {
-        totals.count(&event);
+    for (_, event, _) in &events[first..end] {
+        totals.count(event);
     }
     Some(Skipped {
-        at: first,
+        events: first..end,
         boots: boots as u64,
         totals,
     })
