@@ -474,31 +474,36 @@ fn banner(line: &[u8]) -> Banner {
 /// `load 0x4010f000, len 1384, room 16`.
 #[inline(always)]
 fn load(line: &[u8]) -> Option<(Event, &[u8])> {
-    let mut p = (
-        tag("load 0x"),
-        hex_u32,
-        opt(char(',')),
-        space0,
-        tag("len "),
-        dec_u32,
-        opt((opt(char(',')), space0, tag("room "), dec_u32)),
-    );
-    let (rest, (_, addr, _, _, _, len, _)) = p.parse(line).ok()?;
-    Some((Event::Load { addr, len }, rest))
+    // Step by step rather than as one tuple parser: the same parsers, with less of nom's
+    // plumbing around each (loader lines are a quarter of a boot log).
+    fn parse(i: &[u8]) -> IResult<&[u8], Event> {
+        let (i, _) = tag("load 0x")(i)?;
+        let (i, addr) = hex_u32(i)?;
+        let (i, _) = opt(char(',')).parse(i)?;
+        let (i, _) = space0(i)?;
+        let (i, _) = tag("len ")(i)?;
+        let (i, len) = dec_u32(i)?;
+        let (i, _) = opt((opt(char(',')), space0, tag("room "), dec_u32)).parse(i)?;
+        Ok((i, Event::Load { addr, len }))
+    }
+    parse(line).ok().map(|(rest, event)| (event, rest))
 }
 
 /// `tail N`, `room N`, `ho 0 tail 12 room 4`: the ROM's read-buffer bookkeeping.
 #[inline(always)]
 fn loader_detail(line: &[u8]) -> Option<(Event, &[u8])> {
-    let mut p = (
-        take_while(|c: u8| c.is_ascii_lowercase()),
-        space1::<&[u8], nom::error::Error<&[u8]>>,
-        digit1,
-    );
-    let (rest, (word, _, _)) = p.parse(line).ok()?;
+    let (rest, word) = take_while::<_, _, nom::error::Error<&[u8]>>(|c: u8| c.is_ascii_lowercase())
+        .parse(line)
+        .ok()?;
+    // The word first: app lines starting with t, r or h stop here.
+    if !matches!(word, b"tail" | b"room" | b"ho") {
+        return None;
+    }
     // The rest of such a line is more bookkeeping (`ho 0 tail 12 room 4`).
-    let _ = rest;
-    matches!(word, b"tail" | b"room" | b"ho").then_some((Event::LoaderDetail, &[][..]))
+    (space1::<&[u8], nom::error::Error<&[u8]>>, digit1)
+        .parse(rest)
+        .ok()?;
+    Some((Event::LoaderDetail, &[][..]))
 }
 
 /// `  SPI Speed : 80MHz` and friends from the SDK's second-stage boot loader.

@@ -13,6 +13,10 @@
 //! Memory stays bounded however long the capture is: a boot keeps its first and last
 //! [`RECORDS_HEAD`]/[`RECORDS_TAIL`] records, and the log keeps the first [`BOOTS_HEAD`] and the
 //! last [`BOOTS_TAIL`] boots, counting what it drops.
+//!
+//! Classifying lines is most of the work and needs nothing but the line, so a caller with
+//! threads can spread it: [`Chunk`] holds whole lines of one read, classified anywhere and
+//! handed back to the [`Parser`] in order, for the same log. The module itself stays pure.
 
 pub mod event;
 mod line;
@@ -120,6 +124,7 @@ pub struct Totals {
 
 impl Totals {
     /// Counts what an event adds to the totals (all but lines, bytes and dropped boots).
+    #[inline]
     fn count(&mut self, event: &Event) {
         match event {
             Event::RomBanner(b) => {

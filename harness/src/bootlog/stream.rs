@@ -316,3 +316,66 @@ fn text_range(bytes: &[u8], text: &[u8]) -> Range<u32> {
         0..0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootlog::BOOTS_HEAD;
+
+    #[test]
+    fn a_chunk_sums_up_the_boots_it_certainly_drops() {
+        let boot = b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\nload 0x4010f000, len 1384, room 16\nException (3):\n\xff\xfe\xfd\n";
+        let mut parser = Parser::new();
+        // Fill the first boots, which are kept whatever follows (the one still open is not in
+        // yet).
+        for _ in 0..=BOOTS_HEAD {
+            parser.feed(boot);
+        }
+        let mut fed = Parser::new();
+        for _ in 0..=BOOTS_HEAD + 300 {
+            fed.feed(boot);
+        }
+
+        let bytes = boot.repeat(300);
+        let mut chunk = Chunk::default();
+        parser
+            .chunk_space(&mut chunk, bytes.len())
+            .copy_from_slice(&bytes);
+        parser.cut(&mut chunk, bytes.len());
+        chunk.classify();
+        let skipped = chunk.skipped.as_ref().expect("boots to sum up");
+        // 300 boots, the last 225 of which may still be in the log when the chunk ends.
+        assert_eq!(skipped.boots, 300 - (BOOTS_TAIL as u64 + 1));
+        assert_eq!(skipped.totals.boots, skipped.boots);
+        assert_eq!(skipped.totals.crashes, skipped.boots);
+        assert_eq!(skipped.totals.rst_causes[2], skipped.boots);
+        assert_eq!(skipped.totals.garbage_bytes, 3 * skipped.boots);
+        assert_eq!(skipped.events.len(), 4 * skipped.boots as usize);
+        parser.add(&mut chunk);
+        assert_eq!(parser.finish(), fed.finish());
+    }
+
+    #[test]
+    fn the_first_boots_are_never_summed_up() {
+        let boot = b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\nld\n";
+        let bytes = boot.repeat(1000);
+        let mut parser = Parser::new();
+        let mut chunk = Chunk::default();
+        parser
+            .chunk_space(&mut chunk, bytes.len())
+            .copy_from_slice(&bytes);
+        parser.cut(&mut chunk, bytes.len());
+        chunk.classify();
+        assert!(chunk.skipped.is_none());
+        parser.add(&mut chunk);
+        assert_eq!(parser.finish(), crate::bootlog::parse(&bytes));
+    }
+
+    #[test]
+    fn text_ranges_point_into_the_chunk() {
+        let bytes = b"0123456789";
+        assert_eq!(text_range(bytes, &bytes[2..5]), 2..5);
+        assert_eq!(text_range(bytes, &bytes[10..]), 10..10);
+        assert_eq!(text_range(bytes, &bytes[..]), 0..10);
+    }
+}

@@ -53,8 +53,8 @@ pub struct TriageArgs {
     /// Threads that classify lines while the main thread reads and groups them into boots;
     /// 0 parses on the main thread alone. The report is the same either way.
     /// [default: one per core, at most 4]
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=64))]
+    pub threads: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -161,7 +161,7 @@ pub fn run(args: TriageArgs) -> CmdResult {
     } else {
         args.files.clone()
     };
-    let threads = args.threads.unwrap_or_else(default_threads);
+    let threads = args.threads.map_or_else(default_threads, usize::from);
     let mut reports = Vec::with_capacity(inputs.len());
     for path in &inputs {
         let (name, report) = if path.as_os_str() == "-" {
