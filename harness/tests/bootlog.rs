@@ -1,6 +1,6 @@
 //! The boot-log parser on hostile input: it never panics, and chunking never changes the result.
 
-use harness::bootlog::{self, Event, Parser};
+use harness::bootlog::{self, BootLog, Chunk, Event, Parser};
 use proptest::prelude::*;
 
 fn corpus_bytes() -> Vec<Vec<u8>> {
@@ -16,8 +16,75 @@ fn corpus_bytes() -> Vec<Vec<u8>> {
     out
 }
 
+/// Feeds `bytes` to a parser in reads of the given sizes (taken in turn).
+fn parse_fed(bytes: &[u8], reads: &[usize]) -> BootLog {
+    let mut p = Parser::new();
+    let mut rest = bytes;
+    for &size in reads.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (read, tail) = rest.split_at(size.min(rest.len()));
+        p.feed(read);
+        rest = tail;
+    }
+    p.finish()
+}
+
+/// The same reads through the chunk API, cutting each chunk before the one before it is
+/// added, the way the threaded reader does.
+fn parse_chunked(bytes: &[u8], reads: &[usize]) -> BootLog {
+    let mut p = Parser::new();
+    let mut pending: Option<Chunk> = None;
+    let mut rest = bytes;
+    for &size in reads.iter().cycle() {
+        let mut chunk = Chunk::default();
+        let space = p.chunk_space(&mut chunk, size);
+        let n = space.len().min(rest.len());
+        space[..n].copy_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        if n == 0 {
+            break;
+        }
+        p.cut(&mut chunk, n);
+        chunk.classify();
+        if let Some(mut before) = pending.replace(chunk) {
+            p.add(&mut before);
+        }
+    }
+    if let Some(mut last) = pending {
+        p.add(&mut last);
+    }
+    p.finish()
+}
+
+/// Bytes shaped like captures: corpus lines, runs of noise, bare CRs, and lines longer than
+/// [`bootlog::MAX_LINE`] (which are cut at read boundaries).
+fn capture_like() -> impl Strategy<Value = Vec<u8>> {
+    let logs = corpus_bytes();
+    let part = prop_oneof![
+        (0..logs.len(), 0usize..4000).prop_map(move |(i, cut)| {
+            let log = &logs[i];
+            log[..cut.min(log.len())].to_vec()
+        }),
+        proptest::collection::vec(any::<u8>(), 0..600),
+        (1usize..3, 4000usize..9000).prop_map(|(c, n)| vec![b"x\r"[c - 1]; n]),
+        Just(b"\n".to_vec()),
+        Just(b"\r".to_vec()),
+    ];
+    proptest::collection::vec(part, 0..12).prop_map(|parts| parts.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn chunks_give_the_log_that_feeding_gives(
+        bytes in capture_like(),
+        reads in proptest::collection::vec(1usize..10_000, 1..4),
+    ) {
+        prop_assert_eq!(parse_chunked(&bytes, &reads), parse_fed(&bytes, &reads));
+    }
 
     #[test]
     fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
@@ -84,4 +151,60 @@ fn megabytes_of_noise_without_newline_stay_bounded() {
     assert_eq!(log.totals.boots, 1);
     let records: usize = log.boots.iter().map(|b| b.records().count()).sum();
     assert!(records <= 2 * (bootlog::RECORDS_HEAD + bootlog::RECORDS_TAIL));
+}
+
+#[test]
+fn chunks_cut_long_lines_where_feeding_does() {
+    // A line of 10 000 bytes read 3 000 at a time is handed on in pieces at the reads that
+    // take it over `MAX_LINE`; the chunk API must cut it at the same places, and keep the
+    // pieces on one line number.
+    let mut bytes = b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\n".to_vec();
+    bytes.extend(std::iter::repeat_n(0x80, 10_000));
+    bytes.extend_from_slice(b"\nld\nunterminated last line");
+    for reads in [[3000], [1], [4097], [20_000]] {
+        let chunked = parse_chunked(&bytes, &reads);
+        assert_eq!(chunked, parse_fed(&bytes, &reads), "reads of {reads:?}");
+        assert_eq!(chunked.totals.lines, 4);
+        assert_eq!(chunked.totals.garbage_bytes, 10_000);
+        assert_eq!(chunked.totals.bytes, bytes.len() as u64);
+    }
+    let pieces = |reads: &[usize]| {
+        parse_chunked(&bytes, reads)
+            .records()
+            .filter(|r| r.line == 2)
+            .count()
+    };
+    assert_eq!(pieces(&[3000]), 2, "cut after 6000 bytes, then the rest");
+    assert_eq!(pieces(&[20_000]), 1);
+}
+
+#[test]
+fn chunks_of_a_long_boot_loop_give_the_log_that_feeding_gives() {
+    // Thousands of boots, so that most chunks hold more than `BOOTS_TAIL` of them and the
+    // boots certainly dropped are summed up rather than collected; crashes, noise and long
+    // boots in between, so that the sums have something to count.
+    let logs = corpus_bytes();
+    let mut bytes = Vec::new();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..6000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&logs[x as usize % logs.len()]);
+        if i % 7 == 0 {
+            bytes.extend((0..x % 700).map(|k| (x >> (k % 50)) as u8));
+        }
+        if i % 1000 == 999 {
+            for k in 0..3000 {
+                bytes.extend_from_slice(format!("app line {k}\n").as_bytes());
+            }
+        }
+    }
+    let whole = bootlog::parse(&bytes);
+    assert!(whole.totals.boots > 5000 && whole.totals.crashes > 100);
+    assert!(whole.totals.boots_omitted > 0);
+    for reads in [&[bootlog::READ_SIZE][..], &[7_000, 90_000], &[1 << 20]] {
+        assert_eq!(parse_chunked(&bytes, reads), whole, "reads of {reads:?}");
+    }
+    assert_eq!(bootlog::parse_reader(&bytes[..]).unwrap(), whole);
 }

@@ -254,3 +254,65 @@ fn help_shows_an_example() {
         "{text}"
     );
 }
+
+#[test]
+fn threads_do_not_change_the_report() {
+    // A few MB of corpus logs and noise, so that the capture spans many chunks, and an
+    // unterminated last line. (Lines over `MAX_LINE` are cut where reads end, so a pipe could
+    // cut them elsewhere than a file; tests/bootlog.rs checks that case read by read.)
+    let mut logs: Vec<Vec<u8>> = std::fs::read_dir(fixtures().join("corpus"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    logs.sort();
+    let mut bytes = Vec::new();
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while bytes.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        bytes.extend_from_slice(&logs[x as usize % logs.len()]);
+        if x.is_multiple_of(5) {
+            bytes.extend((0..x % 3000).map(|i| (x >> (i % 56)) as u8));
+        }
+    }
+    bytes.extend_from_slice(b"\nets Jan  8 2013,rst cause:4, boot mode:(3,6)");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &bytes).unwrap();
+    let run = |threads: &str| {
+        let out = harness()
+            .args(["triage", "--format", "json", "--threads", threads])
+            .arg(file.path())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let alone = run("0");
+    let v: serde_json::Value = serde_json::from_str(&alone).unwrap();
+    assert!(v["total_boots"].as_u64().unwrap() > 1000, "{v}");
+    for threads in ["1", "3"] {
+        assert_eq!(run(threads), alone, "--threads {threads}");
+    }
+    // The same through a pipe, whose reads are shorter and uneven.
+    let mut child = harness()
+        .args(["triage", "--format", "json", "--threads", "2", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        for piece in bytes.chunks(10_000) {
+            stdin.write_all(piece).unwrap();
+        }
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let piped = String::from_utf8(out.stdout).unwrap();
+    let name = file.path().display().to_string();
+    assert_eq!(piped, alone.replace(&name, "<stdin>"));
+}

@@ -240,11 +240,12 @@ pub enum Event {
         cause: u8,
         /// SDK format (no core postmortem handler).
         sdk: bool,
-        /// Registers, when on the same line.
-        regs: Registers,
+        /// Registers, when on the same line (boxed: crash lines are rare, and a smaller event
+        /// is cheaper to move for every other line).
+        regs: Box<Registers>,
     },
     /// Crash registers on their own line.
-    Registers(Registers),
+    Registers(Box<Registers>),
     /// `Soft WDT reset`.
     SoftWdt,
     /// Another postmortem cause.

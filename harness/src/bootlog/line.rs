@@ -7,9 +7,10 @@
 use memchr::memmem;
 use nom::{
     IResult, Parser,
-    bytes::complete::{tag, take_while, take_while_m_n},
+    bytes::complete::{tag, take_while},
     character::complete::{char, digit1, space0, space1},
-    combinator::{map, map_opt, opt},
+    combinator::opt,
+    error::ErrorKind,
     sequence::preceded,
 };
 
@@ -21,20 +22,59 @@ pub(crate) const EVIDENCE_CHARS: usize = 160;
 /// Deepest chain of "event, then the rest of the line" on one line.
 const MAX_SPLITS: usize = 4;
 
+/// Where the line parser puts the events it finds.
+///
+/// Each event is written straight into the place that keeps it ([`slot`](Sink::slot)), then
+/// its text is given ([`commit`](Sink::commit)). Handing events on by value instead copies each
+/// one just after it was written field by field; the processor then cannot forward the
+/// narrow stores to the wide loads of the copy and waits for them, once per copy, and that
+/// waiting took longer than parsing the loader lines that make up most of a boot log.
+pub(crate) trait Sink {
+    /// The place for the next event. The parser overwrites what is in it; a slot handed out
+    /// and not committed is handed out again.
+    fn slot(&mut self) -> &mut Event;
+    /// The event in the slot is complete, shown by `text` (a part of the line).
+    fn commit(&mut self, text: &[u8]);
+}
+
 /// Parses one line (without its terminator) and calls `emit` with each event found and the
 /// bytes that show it. A line can carry several events, e.g. garbage followed by a ROM banner
 /// when the app's last output had no newline, or `@` + `cp:0` from eboot; events of one token
 /// chain are shown with the whole line.
 pub(crate) fn parse_line(line: &[u8], emit: &mut impl FnMut(Event, &[u8])) {
-    parse_part(line, None, 0, emit);
+    struct Emit<'e, F> {
+        slot: Event,
+        emit: &'e mut F,
+    }
+    impl<F: FnMut(Event, &[u8])> Sink for Emit<'_, F> {
+        fn slot(&mut self) -> &mut Event {
+            &mut self.slot
+        }
+        fn commit(&mut self, text: &[u8]) {
+            (self.emit)(std::mem::replace(&mut self.slot, Event::Text), text);
+        }
+    }
+    parse_into(
+        line,
+        &mut Emit {
+            slot: Event::Text,
+            emit,
+        },
+    );
 }
 
-fn parse_part(
-    line: &[u8],
-    chain: Option<&[u8]>,
-    depth: usize,
-    emit: &mut impl FnMut(Event, &[u8]),
-) {
+/// Parses one line like [`parse_line`], into a [`Sink`].
+pub(crate) fn parse_into(line: &[u8], sink: &mut impl Sink) {
+    parse_part(line, None, 0, sink);
+}
+
+/// Writes `event` into the next slot and commits it.
+fn put(sink: &mut impl Sink, event: Event, text: &[u8]) {
+    *sink.slot() = event;
+    sink.commit(text);
+}
+
+fn parse_part(line: &[u8], chain: Option<&[u8]>, depth: usize, sink: &mut impl Sink) {
     let line = trim(line);
     if line.is_empty() {
         return;
@@ -47,20 +87,20 @@ fn parse_part(
     // Known line kinds first, by their first bytes: most lines of a boot log are one of them,
     // and they need no scan of the whole line.
     if line.starts_with(b"ets Jan") {
-        emit(Event::RomBanner(banner(line)), line);
+        put(sink, Event::RomBanner(banner(line)), line);
         return;
     }
-    if let Some((event, rest)) = classify(line) {
+    if let Some(rest) = classify(line, sink.slot()) {
         let rest = trim(rest);
         if rest.is_empty() {
-            emit(event, chain.unwrap_or(line));
+            sink.commit(chain.unwrap_or(line));
         } else {
             let used = &line[..line.len() - rest.len()];
-            emit(event, chain.unwrap_or(used));
+            sink.commit(chain.unwrap_or(used));
             if depth < MAX_SPLITS {
-                parse_part(rest, chain.or(Some(line)), depth + 1, emit);
+                parse_part(rest, chain.or(Some(line)), depth + 1, sink);
             } else {
-                emit(Event::Text, rest);
+                put(sink, Event::Text, rest);
             }
         }
         return;
@@ -68,30 +108,36 @@ fn parse_part(
     // Unknown: app text, garbage, a banner after other output, or parts split by bare CRs.
     let scan = scan(line);
     // A bare CR inside a line (progress output, terminals) separates parts of the line.
-    if !scan.plain && depth == 0 && memchr::memchr(b'\r', line).is_some() {
-        for part in line.split(|&c| c == b'\r') {
-            parse_part(part, None, depth + 1, emit);
+    if !scan.plain
+        && depth == 0
+        && let Some(first_cr) = memchr::memchr(b'\r', line)
+    {
+        // memchr rather than `split`, which looks at one byte at a time: noise at the wrong
+        // baud rate holds a CR every few hundred bytes.
+        let mut start = 0;
+        let mut cr = Some(first_cr);
+        while let Some(end) = cr {
+            parse_part(&line[start..end], None, depth + 1, sink);
+            start = end + 1;
+            cr = memchr::memchr(b'\r', &line[start..]).map(|p| start + p);
         }
+        parse_part(&line[start..], None, depth + 1, sink);
         return;
     }
     // The banner can follow garbage or app output on the same line when a reset cut it short.
     if scan.has_j
         && let Some(pos) = find_banner(line)
     {
-        parse_part(&line[..pos], None, depth + 1, emit);
+        parse_part(&line[..pos], None, depth + 1, sink);
         let banner_text = &line[pos..];
-        emit(Event::RomBanner(banner(banner_text)), banner_text);
+        put(sink, Event::RomBanner(banner(banner_text)), banner_text);
         return;
     }
     if !scan.plain && is_garbage(line) {
-        emit(
-            Event::Garbage {
-                bytes: line.len() as u32,
-            },
-            line,
-        );
+        let bytes = line.len() as u32;
+        put(sink, Event::Garbage { bytes }, line);
     } else {
-        emit(Event::Text, line);
+        put(sink, Event::Text, line);
     }
 }
 
@@ -197,130 +243,216 @@ const GARBAGE_SAMPLE: usize = 256;
 fn is_garbage(line: &[u8]) -> bool {
     // Noise is uniform; its first bytes decide as well as all of them.
     let line = &line[..line.len().min(GARBAGE_SAMPLE)];
-    let mut ascii = 0usize;
-    let mut other = 0usize;
-    let mut prev = 0u8;
-    for &c in line {
-        ascii += usize::from((0x20..0x7f).contains(&c) || c == b'\t');
-        // Lead bytes start a character; a continuation byte after ASCII starts nothing valid.
-        let stray = (0x80..0xc0).contains(&c) && prev < 0x80;
-        other += usize::from((c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0 || stray);
-        prev = c;
+    let Some((&first, _)) = line.split_first() else {
+        return false;
+    };
+    // Every byte is text (printable ASCII, tab), a continuation byte after a non-ASCII byte
+    // (part of a character already counted), or else non-text: so counting the first two
+    // gives the third.
+    let text = |c: u8| c.wrapping_sub(0x20) < 0x5f || c == b'\t';
+    let continues = |prev: u8, c: u8| c & 0xc0 == 0x80 && prev >= 0x80;
+    // Each byte beside the one before it, in runs of at most 128 so that byte-wide sums cannot
+    // overflow: the compiler turns these sums into plain SIMD, which matters on noise lines
+    // hundreds of bytes long (a running `prev` and `usize` counters kept it to a byte at a time).
+    let mut ascii = usize::from(text(first));
+    let mut part = 0;
+    let (cur, prev) = (&line[1..], &line[..line.len() - 1]);
+    for (cur, prev) in cur.chunks(128).zip(prev.chunks(128)) {
+        ascii += usize::from(cur.iter().fold(0u8, |n, &c| n + u8::from(text(c))));
+        part += usize::from(
+            cur.iter()
+                .zip(prev)
+                .fold(0u8, |n, (&c, &p)| n + u8::from(continues(p, c))),
+        );
     }
+    let other = line.len() - ascii - part;
     other * 2 > ascii
 }
 
-/// Matches the known line kinds; returns the event and the unparsed rest of the line.
-fn classify(line: &[u8]) -> Option<(Event, &[u8])> {
-    let first = line[0];
-    let r = match first {
-        b'l' => load(line)
-            .or_else(|| eboot(line))
-            .or_else(|| loader_detail(line)),
-        b't' | b'r' | b'h' => loader_detail(line).or_else(|| rf_cal(line)),
-        b'c' => checksum(line).or_else(|| ctx(line)).or_else(|| eboot(line)),
-        b'w' => prefixed(line, b"wdt reset", Event::WdtReset)
-            .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost)),
-        b'f' => prefixed(line, b"flash read err", Event::FlashReadErr),
-        b'v' => eboot_version(line),
-        b'@' | b'~' => eboot(line),
-        b'e' => prefixed(line, b"ets_main.c", Event::EtsMain)
-            .or_else(|| eboot_error(line))
-            .or_else(|| registers_line(line)),
-        b'E' => exception(line).or_else(|| updater_error(line)),
-        b'F' => fatal_exception(line)
-            .or_else(|| reset_info_fatal(line))
-            .or_else(|| flash_config_error(line)),
-        b'S' => soft_wdt(line)
+/// Matches the known line kinds: writes the event into `slot` and returns the unparsed rest of
+/// the line, or leaves `slot` alone when the line is of no known kind.
+///
+/// Most lines are told apart by their first bytes, so each arm calls the one parser that can
+/// match. The parsers of common lines are inlined here, so that the event they build is
+/// written straight into the slot (see [`Sink`]); a chain of `or_else` would copy it from one
+/// stack slot into the next at every link.
+fn classify<'a>(line: &'a [u8], slot: &mut Event) -> Option<&'a [u8]> {
+    // Inlined into each arm, so that the event goes from the parser into the slot directly.
+    let mut put = |found: Option<(Event, &'a [u8])>| {
+        let (event, rest) = found?;
+        *slot = event;
+        Some(rest)
+    };
+    match line[0] {
+        // `load 0x..` or eboot's `ld`; no loader detail word starts with `l`.
+        b'l' if line.starts_with(b"ld") => put(eboot(line)),
+        b'l' => put(load(line)),
+        b'r' if line.starts_with(b"rf_cal[") || line.starts_with(b"rst_info") => put(rf_cal(line)),
+        b't' | b'r' | b'h' => put(loader_detail(line)),
+        b'c' if line.starts_with(b"ctx:") => put(ctx(line)),
+        b'c' if line.starts_with(b"cp:") || line.starts_with(b"cmp:") => put(eboot(line)),
+        b'c' => put(checksum(line)),
+        b'w' => put(prefixed(line, b"wdt reset", Event::WdtReset)
+            .or_else(|| prefixed(line, b"waiting for host", Event::WaitingForHost))),
+        b'f' => put(prefixed(line, b"flash read err", Event::FlashReadErr)),
+        b'v' => put(eboot_version(line)),
+        b'@' | b'~' => put(eboot(line)),
+        b'e' if line.starts_with(b"e:") => put(eboot_error(line)),
+        b'e' if line.starts_with(b"epc1") => put(registers_line(line)),
+        b'e' => put(prefixed(line, b"ets_main.c", Event::EtsMain)),
+        b'E' if line.starts_with(b"ERROR[") => put(updater_error(line)),
+        b'E' => put(exception(line)),
+        // `Fatal exception:29 flag:2` is the app reporting the last reset; the SDK's own crash
+        // line has a space or a parenthesis after `exception`.
+        b'F' if line.starts_with(b"Fatal exception:") => put(reset_info_fatal(line)),
+        b'F' if line.starts_with(b"Flash config wrong") => put(flash_config_error(line)),
+        b'F' => put(fatal_exception(line)),
+        b'S' => put(soft_wdt(line)
             .or_else(|| sdk_start(line))
             .or_else(|| postmortem(line))
-            .or_else(|| spi_detail(line)),
-        b's' => stack_pointer(line),
-        b'>' => prefixed(line, b">>>stack>>>", Event::StackBegin),
-        b'<' => prefixed(line, b"<<<stack<<<", Event::StackEnd),
-        b'-' | b'T' => cut_here(line),
-        b'P' | b'A' | b'G' => postmortem(line),
-        b'U' => postmortem(line).or_else(|| update_line(line)),
-        b'R' => reset_info(line).or_else(|| rebooting(line)),
-        b'H' => identity(line),
-        b'I' => updater_error(line),
-        b'j' | b'2' => sdk_start(line).or_else(|| stack_words(line)),
-        b'0'..=b'9' | b'a'..=b'f' => stack_words(line),
-        _ => None,
-    };
-    r.or_else(|| {
-        // App lines often carry a timestamp or tag in front of these (Tasmota, ESPEasy).
-        if first.is_ascii_digit() {
-            update_line_anywhere(line)
-        } else {
-            None
+            .or_else(|| spi_detail(line))),
+        b's' => put(stack_pointer(line)),
+        b'>' => put(prefixed(line, b">>>stack>>>", Event::StackBegin)),
+        b'<' => put(prefixed(line, b"<<<stack<<<", Event::StackEnd)),
+        b'-' | b'T' => put(cut_here(line)),
+        b'P' | b'A' | b'G' => put(postmortem(line)),
+        b'U' => put(postmortem(line).or_else(|| update_line(line))),
+        b'R' => put(reset_info(line).or_else(|| rebooting(line))),
+        b'H' => put(identity(line)),
+        b'I' => put(updater_error(line)),
+        b'j' => put(sdk_start(line)),
+        b'2' if line.starts_with(b"2nd boot version") => put(sdk_start(line)),
+        // App lines often carry a timestamp or tag in front of update messages (Tasmota,
+        // ESPEasy); only a line that is not a stack dump line needs the search for them.
+        b'0'..=b'9' if is_stack_words(line) => {
+            put(stack_words(line).or_else(|| update_line_anywhere(line)))
         }
-    })
+        b'0'..=b'9' => put(update_line_anywhere(line)),
+        b'a' | b'b' | b'd' => put(stack_words(line)),
+        _ => None,
+    }
 }
 
+#[inline(always)]
 fn prefixed<'a>(line: &'a [u8], prefix: &[u8], event: Event) -> Option<(Event, &'a [u8])> {
     line.strip_prefix(prefix).map(|rest| (event, rest))
 }
 
-// Number parsers fold the digits themselves: the digits are already known to be ASCII, and a
-// detour through `str::parse` costs more than the rest of a line's parse.
+// Numbers are scanned by hand rather than with `take_while_m_n`/`digit1` + `map_opt`: those
+// combinators do not inline into the line parsers and cost more than the rest of a line's parse
+// (the triage benchmark spends most of its time on loader and stack-dump lines, which are mostly
+// numbers). They keep nom's signature and error so that they compose with the combinators that
+// give each line its structure.
 
-fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
-    map(
-        take_while_m_n(1, 8, |c: u8| c.is_ascii_hexdigit()),
-        |h: &[u8]| {
-            h.iter()
-                .fold(0u32, |acc, &c| (acc << 4) | u32::from(hex_value(c)))
-        },
-    )
-    .parse(i)
+fn number_error(i: &[u8], kind: ErrorKind) -> nom::Err<nom::error::Error<&[u8]>> {
+    nom::Err::Error(nom::error::Error::new(i, kind))
 }
 
-fn hex_value(c: u8) -> u8 {
-    match c {
-        b'0'..=b'9' => c - b'0',
-        b'a'..=b'f' => c - b'a' + 10,
-        _ => c.wrapping_sub(b'A').wrapping_add(10) & 0xF,
+/// Hex digit values by byte; `NOT_HEX` marks the bytes that are not hex digits.
+const HEX: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        table[b"0123456789ABCDEF"[i] as usize] = i as u8;
+        i += 1;
     }
+    table
+};
+const NOT_HEX: u8 = 0x80;
+
+/// One to eight hex digits (a ninth is left in the input), like `take_while_m_n(1, 8, hex)`.
+#[inline(always)]
+fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
+    // Addresses and words in loader lines and stack dumps have all eight digits: fold them
+    // without a branch per digit and check once at the end.
+    if let Some(eight) = i.first_chunk::<8>() {
+        let (value, flags) = eight.iter().fold((0u32, 0u8), |(v, f), &c| {
+            let d = HEX[usize::from(c)];
+            ((v << 4) | u32::from(d & 0xf), f | d)
+        });
+        if flags & NOT_HEX == 0 {
+            return Ok((&i[8..], value));
+        }
+    }
+    let mut value = 0u32;
+    let mut n = 0;
+    while n < 8
+        && let Some(&d) = i.get(n).map(|&c| &HEX[usize::from(c)])
+        && d != NOT_HEX
+    {
+        value = (value << 4) | u32::from(d);
+        n += 1;
+    }
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::TakeWhileMN));
+    }
+    Ok((&i[n..], value))
 }
 
+/// All the decimal digits there are (at least one); fails when they overflow a `u32`.
 fn dec_u32(i: &[u8]) -> IResult<&[u8], u32> {
-    map_opt(digit1, |d: &[u8]| {
-        d.iter().try_fold(0u32, |acc, &c| {
+    let n = i.iter().take_while(|c| c.is_ascii_digit()).count();
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::Digit));
+    }
+    i[..n]
+        .iter()
+        .try_fold(0u32, |acc, &c| {
             acc.checked_mul(10)?.checked_add(u32::from(c - b'0'))
         })
-    })
-    .parse(i)
+        .map(|v| (&i[n..], v))
+        .ok_or_else(|| number_error(i, ErrorKind::MapOpt))
 }
 
+/// One to three decimal digits (a fourth is left in the input); fails above 255.
 fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
-    map_opt(
-        take_while_m_n(1, 3, |c: u8| c.is_ascii_digit()),
-        |d: &[u8]| {
-            d.iter()
-                .try_fold(0u8, |acc, &c| acc.checked_mul(10)?.checked_add(c - b'0'))
-        },
-    )
-    .parse(i)
+    let mut value = 0u32;
+    let mut n = 0;
+    while let Some(&c) = i.get(n).filter(|c| c.is_ascii_digit()) {
+        value = value * 10 + u32::from(c - b'0');
+        n += 1;
+        if n == 3 {
+            break;
+        }
+    }
+    if n == 0 {
+        return Err(number_error(i, ErrorKind::TakeWhileMN));
+    }
+    u8::try_from(value)
+        .map(|v| (&i[n..], v))
+        .map_err(|_| number_error(i, ErrorKind::MapOpt))
 }
 
 /// `ets Jan  8 2013,rst cause:2, boot mode:(3,6)`; fields stay `None` where the line is cut.
 fn banner(line: &[u8]) -> Banner {
+    // Every ROM prints the same date and separators, so the usual text is matched whole
+    // before the parsers for its parts run (a boot loop is a banner every dozen lines); the
+    // parsers take the rest (one space, a space after the comma, a line cut short).
     fn cause(i: &[u8]) -> IResult<&[u8], u8> {
-        let (i, _) = (
-            tag("ets Jan"),
-            space1,
-            digit1,
-            space1,
-            digit1,
-            char(','),
-            space0,
-        )
-            .parse(i)?;
+        let (i, _) = match i.strip_prefix(b"ets Jan  8 2013,") {
+            Some(rest) => space0(rest)?,
+            None => (
+                tag("ets Jan"),
+                space1,
+                digit1,
+                space1,
+                digit1,
+                char(','),
+                space0,
+            )
+                .parse(i)
+                .map(|(i, _)| (i, &i[..0]))?,
+        };
         preceded(tag("rst cause:"), dec_u8).parse(i)
     }
     fn mode(i: &[u8]) -> IResult<&[u8], BootMode> {
-        let (i, _) = (opt(char(',')), space0, tag("boot mode:("), space0).parse(i)?;
+        let (i, _) = match i.strip_prefix(b", boot mode:(") {
+            Some(rest) => space0(rest)?,
+            None => (opt(char(',')), space0, tag("boot mode:("), space0)
+                .parse(i)
+                .map(|(i, _)| (i, &i[..0]))?,
+        };
         let (i, x) = dec_u8(i)?;
         let (i, _) = (space0, char(','), space0).parse(i)?;
         let (i, y) = dec_u8(i)?;
@@ -340,31 +472,38 @@ fn banner(line: &[u8]) -> Banner {
 }
 
 /// `load 0x4010f000, len 1384, room 16`.
+#[inline(always)]
 fn load(line: &[u8]) -> Option<(Event, &[u8])> {
-    let mut p = (
-        tag("load 0x"),
-        hex_u32,
-        opt(char(',')),
-        space0,
-        tag("len "),
-        dec_u32,
-        opt((opt(char(',')), space0, tag("room "), dec_u32)),
-    );
-    let (rest, (_, addr, _, _, _, len, _)) = p.parse(line).ok()?;
-    Some((Event::Load { addr, len }, rest))
+    // Step by step rather than as one tuple parser: the same parsers, with less of nom's
+    // plumbing around each (loader lines are a quarter of a boot log).
+    fn parse(i: &[u8]) -> IResult<&[u8], Event> {
+        let (i, _) = tag("load 0x")(i)?;
+        let (i, addr) = hex_u32(i)?;
+        let (i, _) = opt(char(',')).parse(i)?;
+        let (i, _) = space0(i)?;
+        let (i, _) = tag("len ")(i)?;
+        let (i, len) = dec_u32(i)?;
+        let (i, _) = opt((opt(char(',')), space0, tag("room "), dec_u32)).parse(i)?;
+        Ok((i, Event::Load { addr, len }))
+    }
+    parse(line).ok().map(|(rest, event)| (event, rest))
 }
 
 /// `tail N`, `room N`, `ho 0 tail 12 room 4`: the ROM's read-buffer bookkeeping.
+#[inline(always)]
 fn loader_detail(line: &[u8]) -> Option<(Event, &[u8])> {
-    let mut p = (
-        take_while(|c: u8| c.is_ascii_lowercase()),
-        space1::<&[u8], nom::error::Error<&[u8]>>,
-        digit1,
-    );
-    let (rest, (word, _, _)) = p.parse(line).ok()?;
+    let (rest, word) = take_while::<_, _, nom::error::Error<&[u8]>>(|c: u8| c.is_ascii_lowercase())
+        .parse(line)
+        .ok()?;
+    // The word first: app lines starting with t, r or h stop here.
+    if !matches!(word, b"tail" | b"room" | b"ho") {
+        return None;
+    }
     // The rest of such a line is more bookkeeping (`ho 0 tail 12 room 4`).
-    let _ = rest;
-    matches!(word, b"tail" | b"room" | b"ho").then_some((Event::LoaderDetail, &[][..]))
+    (space1::<&[u8], nom::error::Error<&[u8]>>, digit1)
+        .parse(rest)
+        .ok()?;
+    Some((Event::LoaderDetail, &[][..]))
 }
 
 /// `  SPI Speed : 80MHz` and friends from the SDK's second-stage boot loader.
@@ -376,6 +515,7 @@ fn spi_detail(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 /// `chksum 0x2d`, `csum 0x2d`, `csum err`.
+#[inline(always)]
 fn checksum(line: &[u8]) -> Option<(Event, &[u8])> {
     if let Some(rest) = line.strip_prefix(b"csum err") {
         return Some((Event::CsumErr, rest));
@@ -390,6 +530,7 @@ fn checksum(line: &[u8]) -> Option<(Event, &[u8])> {
 }
 
 /// `v3ffe903d`: exactly eight hex digits after `v`.
+#[inline(always)]
 fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
     let digits = line.get(1..9)?;
     if !digits.iter().all(u8::is_ascii_hexdigit)
@@ -404,6 +545,7 @@ fn eboot_version(line: &[u8]) -> Option<(Event, &[u8])> {
 
 /// eboot's one-letter protocol: `@` or `~`, then `cp:N`, `cmp:N` or `ld`.
 /// The prefix comes back as its own event so that `@cp:0` yields two.
+#[inline(always)]
 fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
     // eboot prints its marker directly before the action; anything else is not eboot.
     let action = |rest: &[u8]| {
@@ -436,6 +578,7 @@ fn eboot(line: &[u8]) -> Option<(Event, &[u8])> {
     None
 }
 
+#[inline(always)]
 fn digit_opt(rest: &[u8]) -> (&[u8], Option<u8>) {
     match rest.first() {
         Some(d @ b'0'..=b'9') => (&rest[1..], Some(d - b'0')),
@@ -444,6 +587,7 @@ fn digit_opt(rest: &[u8]) -> (&[u8], Option<u8>) {
 }
 
 /// `e:3` alone on its line (eboot failed to load the app).
+#[inline(always)]
 fn eboot_error(line: &[u8]) -> Option<(Event, &[u8])> {
     let rest = line.strip_prefix(b"e:")?;
     let (after, code) = digit_opt(rest);
@@ -476,7 +620,7 @@ fn registers(text: &[u8]) -> Registers {
 
 fn registers_line(line: &[u8]) -> Option<(Event, &[u8])> {
     line.starts_with(b"epc1")
-        .then(|| (Event::Registers(registers(line)), &[][..]))
+        .then(|| (Event::Registers(Box::new(registers(line))), &[][..]))
 }
 
 /// `Exception (9):` as the core's postmortem prints it.
@@ -493,7 +637,7 @@ fn exception(line: &[u8]) -> Option<(Event, &[u8])> {
         Event::Exception {
             cause,
             sdk: false,
-            regs: registers(rest),
+            regs: Box::new(registers(rest)),
         },
         &[][..],
     ))
@@ -515,7 +659,7 @@ fn fatal_exception(line: &[u8]) -> Option<(Event, &[u8])> {
         Event::Exception {
             cause,
             sdk: true,
-            regs: registers(rest),
+            regs: Box::new(registers(rest)),
         },
         &[][..],
     ))
@@ -655,9 +799,15 @@ fn stack_pointer(line: &[u8]) -> Option<(Event, &[u8])> {
     Some((Event::StackPointer { sp, end }, &[][..]))
 }
 
+/// Starts like a stack dump line: eight hex digits and a colon.
+fn is_stack_words(line: &[u8]) -> bool {
+    line.len() >= 9 && line[8] == b':' && line[..8].iter().all(u8::is_ascii_hexdigit)
+}
+
 /// `3fff0ba0:  00000004 00000000 3ffefbbc 40202808`.
+#[inline(always)]
 fn stack_words(line: &[u8]) -> Option<(Event, &[u8])> {
-    if line.len() < 9 || line[8] != b':' || !line[..8].iter().all(u8::is_ascii_hexdigit) {
+    if !is_stack_words(line) {
         return None;
     }
     let (_, addr) = hex_u32(&line[..8]).ok()?;
@@ -862,7 +1012,7 @@ mod tests {
             vec![Event::Exception {
                 cause: 9,
                 sdk: false,
-                regs: Registers::default()
+                regs: Box::default()
             }]
         );
         let regs = events(
@@ -870,13 +1020,13 @@ mod tests {
         );
         assert_eq!(
             regs,
-            vec![Event::Registers(Registers {
+            vec![Event::Registers(Box::new(Registers {
                 epc1: Some(0x40203790),
                 epc2: Some(0),
                 epc3: Some(0),
                 excvaddr: Some(0x33342042),
                 depc: Some(0)
-            })]
+            }))]
         );
         let sdk = events(b"Fatal exception (0): ");
         assert_eq!(
@@ -884,7 +1034,7 @@ mod tests {
             vec![Event::Exception {
                 cause: 0,
                 sdk: true,
-                regs: Registers::default()
+                regs: Box::default()
             }]
         );
         let old = events(b"Fatal exception 28(LoadProhibitedCause):");
@@ -993,5 +1143,149 @@ mod tests {
             events("d`N{\u{2592}\u{2592}\u{2592}n".as_bytes())[0],
             Event::Garbage { .. }
         ));
+    }
+
+    /// The nom combinators the hand-rolled number parsers replace, as the reference.
+    mod reference {
+        use nom::{
+            IResult, Parser,
+            bytes::complete::take_while_m_n,
+            character::complete::digit1,
+            combinator::{map, map_opt},
+        };
+
+        pub fn hex_u32(i: &[u8]) -> IResult<&[u8], u32> {
+            map(
+                take_while_m_n(1, 8, |c: u8| c.is_ascii_hexdigit()),
+                |h: &[u8]| {
+                    h.iter().fold(0u32, |acc, &c| {
+                        (acc << 4) | (c as char).to_digit(16).unwrap_or(0)
+                    })
+                },
+            )
+            .parse(i)
+        }
+
+        pub fn dec_u32(i: &[u8]) -> IResult<&[u8], u32> {
+            map_opt(digit1, |d: &[u8]| std::str::from_utf8(d).ok()?.parse().ok()).parse(i)
+        }
+
+        pub fn dec_u8(i: &[u8]) -> IResult<&[u8], u8> {
+            map_opt(
+                take_while_m_n(1, 3, |c: u8| c.is_ascii_digit()),
+                |d: &[u8]| std::str::from_utf8(d).ok()?.parse().ok(),
+            )
+            .parse(i)
+        }
+    }
+
+    #[test]
+    fn number_edge_cases() {
+        assert_eq!(hex_u32(b"4010f000, len"), Ok((&b", len"[..], 0x4010_f000)));
+        assert_eq!(hex_u32(b"FFFFFFFF"), Ok((&b""[..], u32::MAX)));
+        assert_eq!(hex_u32(b"2d "), Ok((&b" "[..], 0x2d)));
+        // A ninth digit is left for the caller; a non-digit inside eight stops the number.
+        assert_eq!(hex_u32(b"123456789"), Ok((&b"9"[..], 0x1234_5678)));
+        assert_eq!(hex_u32(b"abcDEF0g1"), Ok((&b"g1"[..], 0xabc_def0)));
+        assert!(hex_u32(b"").is_err());
+        assert!(hex_u32(b"g").is_err());
+        assert!(hex_u32(b" 1").is_err());
+
+        assert_eq!(dec_u32(b"1384, room"), Ok((&b", room"[..], 1384)));
+        assert_eq!(dec_u32(b"4294967295"), Ok((&b""[..], u32::MAX)));
+        assert_eq!(dec_u32(b"0000000000001"), Ok((&b""[..], 1)));
+        assert!(dec_u32(b"4294967296").is_err(), "overflow");
+        assert!(dec_u32(b"99999999999999999999999").is_err(), "overflow");
+        assert!(dec_u32(b"").is_err());
+        assert!(dec_u32(b"x1").is_err());
+
+        assert_eq!(dec_u8(b"255)"), Ok((&b")"[..], 255)));
+        assert_eq!(dec_u8(b"0012"), Ok((&b"2"[..], 1)));
+        assert!(dec_u8(b"256").is_err(), "overflow");
+        assert!(dec_u8(b"999").is_err(), "overflow");
+        assert!(dec_u8(b"").is_err());
+        assert!(dec_u8(b"-1").is_err());
+    }
+
+    #[test]
+    fn numbers_agree_with_the_nom_combinators() {
+        // Every string of up to five bytes over an alphabet of digits, hex letters, their
+        // neighbours in ASCII and separators.
+        let alphabet = b"0129:afgAFG/ ";
+        let mut input = Vec::new();
+        let mut check = |i: &[u8]| {
+            assert_eq!(hex_u32(i).ok(), reference::hex_u32(i).ok(), "{i:?}");
+            assert_eq!(dec_u32(i).ok(), reference::dec_u32(i).ok(), "{i:?}");
+            assert_eq!(dec_u8(i).ok(), reference::dec_u8(i).ok(), "{i:?}");
+        };
+        fn strings(prefix: &mut Vec<u8>, alphabet: &[u8], depth: usize, f: &mut impl FnMut(&[u8])) {
+            f(prefix);
+            if depth == 0 {
+                return;
+            }
+            for &c in alphabet {
+                prefix.push(c);
+                strings(prefix, alphabet, depth - 1, f);
+                prefix.pop();
+            }
+        }
+        strings(&mut input, alphabet, 5, &mut check);
+        // Long runs around the eight-digit fast path and the overflow limits.
+        for s in [
+            &b"0123456789abcdef"[..],
+            b"3fff0ba0:",
+            b"40202808 ",
+            b"4294967295",
+            b"4294967296",
+            b"00000000000000000000042",
+            b"fffffffff",
+            b"1234567g",
+            b"12345678g",
+        ] {
+            for end in 0..=s.len() {
+                check(&s[..end]);
+            }
+        }
+    }
+
+    #[test]
+    fn garbage_counts_match_the_plain_definition() {
+        // The vectorised count against the definition written as a plain loop.
+        fn plain(line: &[u8]) -> bool {
+            let line = &line[..line.len().min(GARBAGE_SAMPLE)];
+            let (mut ascii, mut other, mut prev) = (0usize, 0usize, 0u8);
+            for &c in line {
+                ascii += usize::from((0x20..0x7f).contains(&c) || c == b'\t');
+                let stray = (0x80..0xc0).contains(&c) && prev < 0x80;
+                other += usize::from((c < 0x20 && c != b'\t') || c == 0x7f || c >= 0xc0 || stray);
+                prev = c;
+            }
+            other * 2 > ascii
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 300) as usize;
+            // Mostly text with some noise, so that both answers come up.
+            let noise = next() % 4;
+            let line: Vec<u8> = (0..len)
+                .map(|_| {
+                    let r = next();
+                    if r % 4 < noise {
+                        (r >> 8) as u8
+                    } else {
+                        b'a' + (r >> 8) as u8 % 26
+                    }
+                })
+                .collect();
+            assert_eq!(is_garbage(&line), plain(&line), "{line:?}");
+        }
+        assert!(!is_garbage(b""));
+        assert_eq!(is_garbage(&[0x80]), plain(&[0x80]));
     }
 }

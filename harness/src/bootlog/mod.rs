@@ -13,6 +13,10 @@
 //! Memory stays bounded however long the capture is: a boot keeps its first and last
 //! [`RECORDS_HEAD`]/[`RECORDS_TAIL`] records, and the log keeps the first [`BOOTS_HEAD`] and the
 //! last [`BOOTS_TAIL`] boots, counting what it drops.
+//!
+//! Classifying lines is most of the work and needs nothing but the line, so a caller with
+//! threads can spread it: [`Chunk`] holds whole lines of one read, classified anywhere and
+//! handed back to the [`Parser`] in order, for the same log. The module itself stays pure.
 
 pub mod event;
 mod line;
@@ -25,7 +29,7 @@ use serde::Serialize;
 pub use event::{
     Banner, BootMode, BootSource, Event, PostmortemKind, Registers, RstCause, UpdateEvent,
 };
-pub use stream::Parser;
+pub use stream::{Chunk, MAX_LINE, Parser};
 
 /// Records kept from the start of a boot.
 pub const RECORDS_HEAD: usize = 96;
@@ -118,6 +122,41 @@ pub struct Totals {
     pub crashes: u64,
 }
 
+impl Totals {
+    /// Counts what an event adds to the totals (all but lines, bytes and dropped boots).
+    #[inline]
+    fn count(&mut self, event: &Event) {
+        match event {
+            Event::RomBanner(b) => {
+                self.boots += 1;
+                let cause = b.rst_cause.map_or(7, |c| usize::from(c.code()).min(7));
+                self.rst_causes[cause] += 1;
+                if b.boot_mode.map(BootMode::source) == Some(BootSource::UartDownload) {
+                    self.download_mode_boots += 1;
+                }
+            }
+            // A soft WDT dump also prints `Exception (4)` in newer cores; that counts twice,
+            // which only matters for the total.
+            Event::Exception { .. } | Event::Postmortem(_) | Event::SoftWdt => {
+                self.crashes += 1;
+            }
+            Event::Garbage { bytes } => self.garbage_bytes += u64::from(*bytes),
+            _ => {}
+        }
+    }
+
+    /// Adds counts made by [`count`](Totals::count).
+    fn add(&mut self, other: &Totals) {
+        self.boots += other.boots;
+        for (mine, theirs) in self.rst_causes.iter_mut().zip(other.rst_causes) {
+            *mine += theirs;
+        }
+        self.download_mode_boots += other.download_mode_boots;
+        self.crashes += other.crashes;
+        self.garbage_bytes += other.garbage_bytes;
+    }
+}
+
 /// A parsed capture.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BootLog {
@@ -153,15 +192,24 @@ pub fn parse(bytes: &[u8]) -> BootLog {
 pub fn parse_line(line: &[u8], mut emit: impl FnMut(Event, &[u8])) {
     line::parse_line(line, &mut emit);
 }
+/// Bytes a reader is asked for at a time: a chunk of a few thousand lines. Larger chunks let more
+/// boots of a boot loop be summed up rather than collected (see [`Chunk`]); the chunks in
+/// flight of a parse over threads stay a few MB.
+pub const READ_SIZE: usize = 256 * 1024;
 
 /// Parses a capture from a reader in fixed-size chunks: constant memory for any length.
 pub fn parse_reader(mut reader: impl std::io::Read) -> std::io::Result<BootLog> {
     let mut parser = Parser::new();
-    let mut buf = vec![0u8; 256 * 1024];
+    let mut chunk = Chunk::default();
     loop {
-        match reader.read(&mut buf) {
+        let space = parser.chunk_space(&mut chunk, READ_SIZE);
+        match reader.read(space) {
             Ok(0) => return Ok(parser.finish()),
-            Ok(n) => parser.feed(&buf[..n]),
+            Ok(n) => {
+                parser.cut(&mut chunk, n);
+                chunk.classify();
+                parser.add(&mut chunk);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
@@ -220,17 +268,19 @@ impl BootBuf {
         self.banner.is_none() && self.head.is_empty() && self.garbage_bytes == 0
     }
 
-    fn push(&mut self, line: u64, event: Event, bytes: &[u8]) {
+    #[inline(always)]
+    fn push(&mut self, line: u64, event: &Event, bytes: &[u8]) {
         self.last_line = line;
         let bytes = &bytes[..bytes.len().min(RAW_TEXT_BYTES)];
         if self.head.len() < RECORDS_HEAD {
             let start = self.head_text.len();
             self.head_text.extend_from_slice(bytes);
-            self.head.push(RawRecord {
+            let end = self.head_text.len();
+            self.head.extend(std::iter::once_with(|| RawRecord {
                 line,
-                event,
-                text: start..self.head_text.len(),
-            });
+                event: event.clone(),
+                text: start..end,
+            }));
             return;
         }
         let mut buf = if self.tail.len() == RECORDS_TAIL {
@@ -244,7 +294,7 @@ impl BootBuf {
         self.tail.push_back((
             RawRecord {
                 line,
-                event,
+                event: event.clone(),
                 text: 0..bytes.len(),
             },
             buf,
@@ -287,34 +337,27 @@ fn record(r: &RawRecord, bytes: &[u8]) -> Record {
 
 /// Groups events into boots, keeping memory bounded.
 #[derive(Debug, Default)]
+#[allow(
+    clippy::vec_box,
+    reason = "a boot loop passes a boot through `current`, the ring and the pool every dozen \
+              lines; moving a pointer is cheaper than moving the buffer's fields"
+)]
 pub(crate) struct Builder {
-    current: Option<BootBuf>,
-    head: Vec<BootBuf>,
-    tail: VecDeque<BootBuf>,
+    current: Option<Box<BootBuf>>,
+    head: Vec<Box<BootBuf>>,
+    tail: VecDeque<Box<BootBuf>>,
     totals: Totals,
     next_index: u64,
     /// Buffers of dropped boots, reused so that a boot loop does not allocate per boot.
-    pool: Vec<BootBuf>,
+    pool: Vec<Box<BootBuf>>,
 }
 
 impl Builder {
-    pub(crate) fn event(&mut self, line_no: u64, event: Event, bytes: &[u8]) {
-        match &event {
-            Event::RomBanner(b) => {
-                self.start_boot(Some(*b), line_no);
-                self.totals.boots += 1;
-                let cause = b.rst_cause.map_or(7, |c| usize::from(c.code()).min(7));
-                self.totals.rst_causes[cause] += 1;
-                if b.boot_mode.map(BootMode::source) == Some(BootSource::UartDownload) {
-                    self.totals.download_mode_boots += 1;
-                }
-            }
-            // A soft WDT dump also prints `Exception (4)` in newer cores; that counts twice,
-            // which only matters for the total.
-            Event::Exception { .. } | Event::Postmortem(_) | Event::SoftWdt => {
-                self.totals.crashes += 1;
-            }
-            _ => {}
+    #[inline(always)]
+    pub(crate) fn event(&mut self, line_no: u64, event: &Event, bytes: &[u8]) {
+        self.totals.count(event);
+        if let Event::RomBanner(b) = event {
+            self.start_boot(Some(*b), line_no);
         }
         if self.current.is_none() {
             self.start_boot(None, line_no);
@@ -322,7 +365,7 @@ impl Builder {
         let Some(boot) = self.current.as_mut() else {
             return;
         };
-        match &event {
+        match event {
             Event::Text | Event::Identity | Event::Update(_) => {
                 boot.text_lines += 1;
                 // Output at the wrong rate also yields short ASCII-only fragments; only a line
@@ -337,7 +380,6 @@ impl Builder {
             Event::Garbage { bytes: n } => {
                 boot.garbage_bytes += u64::from(*n);
                 boot.trailing_garbage_bytes += u64::from(*n);
-                self.totals.garbage_bytes += u64::from(*n);
             }
             Event::StackWords { .. } => {
                 boot.stack_words += 1;
@@ -355,6 +397,26 @@ impl Builder {
         boot.push(line_no, event, bytes);
     }
 
+    /// Whether the first boots, which are kept whatever follows, are all in.
+    pub(crate) fn head_full(&self) -> bool {
+        self.head.len() == BOOTS_HEAD
+    }
+
+    /// Counts `boots` boots that start here and that the log certainly drops (more than
+    /// [`BOOTS_TAIL`] boots follow them; see `Chunk`), with the `totals` of their events,
+    /// without collecting them. The log comes out as if their events had been added one by
+    /// one: the boot before them ends, and each of them would have passed through the ring
+    /// and out of it.
+    pub(crate) fn skip(&mut self, boots: u64, totals: &Totals) {
+        debug_assert!(self.head_full(), "the first boots are never skipped");
+        if let Some(done) = self.current.take() {
+            self.keep(done);
+        }
+        self.next_index += boots;
+        self.totals.boots_omitted += boots;
+        self.totals.add(totals);
+    }
+
     fn start_boot(&mut self, banner: Option<Banner>, line_no: u64) {
         if let Some(done) = self.current.take() {
             self.keep(done);
@@ -365,7 +427,7 @@ impl Builder {
         self.next_index += 1;
     }
 
-    fn keep(&mut self, boot: BootBuf) {
+    fn keep(&mut self, boot: Box<BootBuf>) {
         if boot.is_empty() {
             self.pool.push(boot);
             return;
@@ -393,7 +455,7 @@ impl Builder {
             .head
             .iter()
             .chain(self.tail.iter())
-            .map(BootBuf::materialize)
+            .map(|b| b.materialize())
             .collect();
         BootLog {
             boots,

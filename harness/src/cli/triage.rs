@@ -1,14 +1,18 @@
 //! `harness triage`: classify serial captures.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
 
 use clap::{Args, ValueEnum};
 use miette::{IntoDiagnostic, WrapErr};
 use serde::Serialize;
 
+use harness::bootlog::{self, BootLog, Chunk, Parser};
 use harness::triage::{self, Report};
 
 use super::CmdResult;
@@ -45,6 +49,12 @@ pub struct TriageArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value = "text")]
     pub format: Format,
+
+    /// Threads that classify lines while the main thread reads and groups them into boots;
+    /// 0 parses on the main thread alone. The report is the same either way.
+    /// [default: one per core, at most 4]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u8).range(0..=64))]
+    pub threads: Option<u8>,
 }
 
 #[derive(Serialize)]
@@ -54,8 +64,94 @@ struct Named<'a> {
     report: &'a Report,
 }
 
-fn triage_reader(reader: impl Read) -> io::Result<Report> {
-    Ok(triage::triage(&harness::bootlog::parse_reader(reader)?))
+fn triage_reader(reader: impl Read, threads: usize) -> io::Result<Report> {
+    let log = if threads == 0 {
+        bootlog::parse_reader(reader)?
+    } else {
+        parse_parallel(reader, threads)?
+    };
+    Ok(triage::triage(&log))
+}
+
+/// Parses a capture with `workers` threads classifying its lines (the bulk of the work) while
+/// this one reads and groups their events into boots, in order (see [`Chunk`]).
+///
+/// Chunks go to the workers in turn and come back in the same turn, so the order needs no
+/// bookkeeping; at most two per worker are in flight, which bounds memory.
+fn parse_parallel(mut reader: impl Read, workers: usize) -> io::Result<BootLog> {
+    let mut parser = Parser::new();
+    std::thread::scope(|scope| {
+        let mut lanes = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            let (to_worker, inbox) = mpsc::channel::<Chunk>();
+            let (outbox, from_worker) = mpsc::channel::<Chunk>();
+            scope.spawn(move || {
+                for mut chunk in inbox {
+                    chunk.classify();
+                    if outbox.send(chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+            lanes.push((to_worker, from_worker));
+        }
+        let mut spare: Vec<Chunk> = Vec::new();
+        let mut in_flight = VecDeque::with_capacity(2 * workers);
+        let mut next = 0;
+        let mut eof = false;
+        loop {
+            while !eof && in_flight.len() < 2 * workers {
+                let mut chunk = spare.pop().unwrap_or_default();
+                let n = read_some(
+                    &mut reader,
+                    parser.chunk_space(&mut chunk, bootlog::READ_SIZE),
+                )?;
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                parser.cut(&mut chunk, n);
+                // A send or receive fails only when the worker panicked; the scope then
+                // re-raises that panic, so there is nothing to report here.
+                if lanes[next].0.send(chunk).is_err() {
+                    eof = true;
+                    break;
+                }
+                in_flight.push_back(next);
+                next = (next + 1) % workers;
+            }
+            let Some(lane) = in_flight.pop_front() else {
+                break;
+            };
+            let Ok(mut chunk) = lanes[lane].1.recv() else {
+                break;
+            };
+            parser.add(&mut chunk);
+            spare.push(chunk);
+        }
+        // Closing the inboxes ends the workers.
+        drop(lanes);
+        Ok(parser.finish())
+    })
+}
+
+/// One read, retried when a signal interrupts it.
+fn read_some(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match reader.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Classifying threads when none are asked for: one per core, at most four (beyond that the
+/// main thread, which groups the events, is the limit); none on a single core.
+fn default_threads() -> usize {
+    match std::thread::available_parallelism().map_or(1, NonZeroUsize::get) {
+        1 => 0,
+        cores => cores.min(4),
+    }
 }
 
 /// Runs `harness triage`.
@@ -65,10 +161,11 @@ pub fn run(args: TriageArgs) -> CmdResult {
     } else {
         args.files.clone()
     };
+    let threads = args.threads.map_or_else(default_threads, usize::from);
     let mut reports = Vec::with_capacity(inputs.len());
     for path in &inputs {
         let (name, report) = if path.as_os_str() == "-" {
-            let report = triage_reader(io::stdin().lock())
+            let report = triage_reader(io::stdin().lock(), threads)
                 .into_diagnostic()
                 .wrap_err("cannot read the capture from standard input")?;
             ("<stdin>".to_string(), report)
@@ -76,7 +173,7 @@ pub fn run(args: TriageArgs) -> CmdResult {
             let file = File::open(path)
                 .into_diagnostic()
                 .wrap_err_with(|| format!("cannot open capture `{}`", path.display()))?;
-            let report = triage_reader(file)
+            let report = triage_reader(file, threads)
                 .into_diagnostic()
                 .wrap_err_with(|| format!("cannot read capture `{}`", path.display()))?;
             (path.display().to_string(), report)

@@ -690,7 +690,7 @@ impl RateSwitchFloor {
                 clock.pause(wait);
             }
         }
-        let last = rates.last().unwrap_or(first);
+        let last = rates.next_back().unwrap_or(first);
         self.last = Some((last, Instant::now()));
     }
 }

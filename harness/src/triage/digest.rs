@@ -118,7 +118,7 @@ impl<'a> Digest<'a> {
                             sdk: *sdk,
                         },
                         r,
-                        *regs,
+                        **regs,
                     );
                 }
                 Event::SoftWdt => d.set_crash(CrashKind::SoftWdt, r, Registers::default()),
@@ -129,7 +129,7 @@ impl<'a> Digest<'a> {
                     if let Some(c) = &mut d.crash
                         && c.regs.is_empty()
                     {
-                        c.regs = *regs;
+                        c.regs = **regs;
                     }
                 }
                 Event::Ctx(name) => {
