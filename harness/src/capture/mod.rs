@@ -47,7 +47,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serialport::{ClearBuffer, SerialPort};
+use serialport::SerialPort;
 
 use crate::bootlog::{self, Event};
 
@@ -60,6 +60,9 @@ pub const MAX_LINE: usize = 512;
 /// Largest read from the port. A SIGKILL can only lose the one chunk between its `read` and its
 /// `write` to the capture file (a window of microseconds); everything read before is on disk.
 pub const READ_CHUNK: usize = 4096;
+/// Longest [`Capture::discard_input`] waits for the reader to take the driver's buffered bytes
+/// into the file.
+pub const DISCARD_WAIT: Duration = Duration::from_millis(200);
 /// Bytes kept for [`Capture::read`] when nobody reads; older bytes are dropped from that queue
 /// (never from the file) and the loss is noted in the index.
 pub const RX_QUEUE_BYTES: usize = 1 << 20;
@@ -487,18 +490,48 @@ impl Capture {
     }
 
     /// Discards received bytes nobody has read yet (the capture file keeps them).
+    ///
+    /// Bytes still in the driver's buffer are not flushed there (that would lose them for the
+    /// file too): the reader takes them into the file first, for at most [`DISCARD_WAIT`], and
+    /// they are then dropped from the queue [`read`](Self::read) serves.
     pub fn discard_input(&self) -> Result<(), CaptureError> {
-        self.shared
-            .with_writer("discard input", |w| {
-                w.clear(ClearBuffer::Input).map_err(io::Error::from)
+        let pending = self
+            .shared
+            .with_writer("count input", |w| {
+                w.bytes_to_read().map_err(io::Error::from)
             })
             .or_else(|e| match e {
-                // Nothing to discard on a port that is gone.
-                CaptureError::PortLost { .. } => Ok(()),
+                // Nothing to wait for on a port that is gone.
+                CaptureError::PortLost { .. } => Ok(0),
                 e => Err(e),
             })?;
-        lock(&self.shared.rx).bytes.clear();
-        Ok(())
+        let target = lock(&self.shared.rec).offset + u64::from(pending);
+        let deadline = Instant::now() + DISCARD_WAIT;
+        loop {
+            // Lock order as in the reader: the recorder, then the queue.
+            let rec = lock(&self.shared.rec);
+            let mut rx = lock(&self.shared.rx);
+            let reached = rec.offset >= target;
+            if reached || Instant::now() >= deadline || !self.is_connected() {
+                // The queue ends at `rec.offset`; keep what arrived after `target`.
+                let keep = if reached {
+                    (rec.offset - target).min(rx.bytes.len() as u64) as usize
+                } else {
+                    0
+                };
+                let drop_n = rx.bytes.len() - keep;
+                rx.bytes.drain(..drop_n);
+                return Ok(());
+            }
+            drop(rec);
+            let left = deadline.saturating_duration_since(Instant::now());
+            drop(
+                self.shared
+                    .rx_ready
+                    .wait_timeout(rx, left.min(Duration::from_millis(5)))
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
     }
 
     /// Sets the rate and stops the follower until the next power-on or reset (a client that
@@ -616,11 +649,11 @@ impl Shared {
         }
     }
 
-    fn with_writer(
+    fn with_writer<T>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Box<dyn SerialPort>) -> io::Result<()>,
-    ) -> Result<(), CaptureError> {
+        f: impl FnOnce(&mut Box<dyn SerialPort>) -> io::Result<T>,
+    ) -> Result<T, CaptureError> {
         let mut io = lock(&self.io);
         let Some(writer) = io.writer.as_mut() else {
             return Err(if self.stop.load(Ordering::Relaxed) {

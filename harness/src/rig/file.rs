@@ -24,8 +24,11 @@
 //! `usb-serial` boards use the adapter's modem lines as the common auto-reset circuit (DTR →
 //! GPIO0, RTS → EN, asserted = low) and may switch power with RTS instead:
 //! `power = { modem = "rts", active = "low" }`. `virtual` boards take `[board.sim]` options:
-//! `flash`, `tx_log`, `realistic_timing`, `boot` (a `harness sim` is started per process), or
-//! `control` + `pty` to attach to a `harness sim` that is already running.
+//! `flash`, `tx_log`, `realistic_timing`, `boot`, `faults` (a `harness sim` is started per
+//! process; `faults = ["power-cut-during-copy 3"]` arms fault knobs in it before the run, each
+//! the words after `fault` in a control line), or `control` + `pty` to attach to a `harness sim`
+//! that is already running, with `http` and `ota` (its endpoint addresses) when OTA should reach
+//! it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -119,9 +122,15 @@ struct RawSim {
     #[serde(default)]
     boot: Option<Spanned<SimBoot>>,
     #[serde(default)]
+    faults: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
     control: Option<Spanned<PathBuf>>,
     #[serde(default)]
     pty: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    http: Option<Spanned<String>>,
+    #[serde(default)]
+    ota: Option<Spanned<String>>,
 }
 
 /// How a board is connected.
@@ -276,6 +285,9 @@ pub struct VirtualConfig {
     pub realistic_timing: bool,
     /// Boot straps at the started simulator's first power-on.
     pub boot: SimBoot,
+    /// Fault knobs armed in a started simulator before the run: each the words after `fault`
+    /// in a control line (`power-cut-during-copy 3`; see `harness::sim::control`).
+    pub faults: Vec<String>,
     /// A running simulator to attach to instead.
     pub attach: Option<SimAttach>,
 }
@@ -285,8 +297,12 @@ pub struct VirtualConfig {
 pub struct SimAttach {
     /// Its control socket.
     pub control: PathBuf,
-    /// Its pty.
+    /// Its pty (best its stable `port:` name).
     pub pty: PathBuf,
+    /// Its HTTP update server (`http:` endpoint), for OTA.
+    pub http: Option<std::net::SocketAddr>,
+    /// Its ArduinoOTA port (`ota:` endpoint), for OTA.
+    pub ota: Option<std::net::SocketAddr>,
 }
 
 /// A GPIO line: chip (name like `gpiochip0` or path) and offset.
@@ -799,10 +815,30 @@ impl Check<'_> {
         let span = sim.span();
         let s = sim.get_ref();
         let key = |k: &str| format!("board[{index}].sim.{k}");
+        let addr = |k: &str, v: &Option<Spanned<String>>| -> Result<_, Box<RigFileError>> {
+            v.as_ref()
+                .map(|a| {
+                    a.get_ref().parse::<std::net::SocketAddr>().map_err(|_| {
+                        self.err(
+                            a.span(),
+                            Problem::Invalid {
+                                key: key(k),
+                                reason: "expected the address `harness sim` printed, such as \
+                                         127.0.0.5:41023",
+                            },
+                        )
+                    })
+                })
+                .transpose()
+        };
+        let http = addr("http", &s.http)?;
+        let ota = addr("ota", &s.ota)?;
         let attach = match (&s.control, &s.pty) {
             (Some(c), Some(p)) => Some(SimAttach {
                 control: self.resolve(c.get_ref()),
                 pty: p.get_ref().clone(),
+                http,
+                ota,
             }),
             (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
@@ -831,6 +867,7 @@ impl Check<'_> {
                     s.realistic_timing.as_ref().map(Spanned::span),
                 ),
                 ("boot", s.boot.as_ref().map(Spanned::span)),
+                ("faults", s.faults.as_ref().map(Spanned::span)),
             ];
             if let Some((k, Some(sp))) = started_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.err(
@@ -841,12 +878,32 @@ impl Check<'_> {
                     },
                 ));
             }
+        } else {
+            let attached_only = [
+                ("http", s.http.as_ref().map(Spanned::span)),
+                ("ota", s.ota.as_ref().map(Spanned::span)),
+            ];
+            if let Some((k, Some(sp))) = attached_only.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(self.err(
+                    sp,
+                    Problem::Invalid {
+                        key: key(k),
+                        reason: "only for a simulator the harness attaches to (with `control`); \
+                                 a started one tells its addresses itself",
+                    },
+                ));
+            }
         }
         Ok(VirtualConfig {
             flash: s.flash.as_ref().map(|p| self.resolve(p.get_ref())),
             tx_log: s.tx_log.as_ref().map(|p| self.resolve(p.get_ref())),
             realistic_timing: s.realistic_timing.as_ref().is_some_and(|b| *b.get_ref()),
             boot: s.boot.as_ref().map(|b| *b.get_ref()).unwrap_or_default(),
+            faults: s
+                .faults
+                .as_ref()
+                .map(|f| f.get_ref().clone())
+                .unwrap_or_default(),
             attach,
         })
     }

@@ -7,8 +7,9 @@
 //!
 //! A board either starts its own simulator (`<exe> sim --board KIND ...`, where `exe` is
 //! [`super::OpenOptions::sim_exe`], `HARNESS_SIM_EXE` or the running executable) and reads the
-//! endpoint lines it prints (`pty: ...`, `control: ...`, `flash: ...`, an empty line), or
-//! attaches to one already running, given its `control` socket and `pty`.
+//! endpoint lines it prints (`pty: ...`, `port: ...`, `control: ...`, `flash: ...`, an empty
+//! line), or attaches to one already running, given its `control` socket and `pty` (best its
+//! stable `port:` name, which survives `port unplug`/`port plug`).
 //!
 //! A started simulator dies with the harness, however the harness ends: it is stopped with
 //! SIGTERM when the rig drops, and it is started with `PR_SET_PDEATHSIG` = SIGTERM so that the
@@ -56,12 +57,18 @@ impl Sim {
         options: &OpenOptions,
     ) -> Result<Sim, RigError> {
         if let Some(attach) = &v.attach {
+            let mut endpoints = vec![
+                ("pty".into(), attach.pty.display().to_string()),
+                ("control".into(), attach.control.display().to_string()),
+            ];
+            for (name, addr) in [("http", attach.http), ("ota", attach.ota)] {
+                if let Some(a) = addr {
+                    endpoints.push((name.into(), a.to_string()));
+                }
+            }
             return Ok(Sim {
                 child: None,
-                endpoints: vec![
-                    ("pty".into(), attach.pty.display().to_string()),
-                    ("control".into(), attach.control.display().to_string()),
-                ],
+                endpoints,
                 pty: attach.pty.clone(),
                 control: attach.control.clone(),
             });
@@ -133,13 +140,28 @@ impl Sim {
                     printed: endpoints.iter().map(|(k, v)| format!("{k}: {v}")).collect(),
                 })
         };
-        let (pty, control) = match (find("pty"), find("control")) {
+        // The stable name (`port:`, a symlink to the pty) survives `port unplug`/`port plug`,
+        // as /dev/serial/by-id/... survives re-plugging a USB adapter; older simulators print
+        // only `pty:`.
+        let (pty, control) = match (find("port").or_else(|_| find("pty")), find("control")) {
             (Ok(p), Ok(c)) => (p, c),
             (Err(e), _) | (_, Err(e)) => {
                 stop(&mut child);
                 return Err(e);
             }
         };
+        // Fault knobs of the rig file, armed before anything runs.
+        if !v.faults.is_empty() {
+            let armed = SimClient::connect(&control).and_then(|mut client| {
+                v.faults
+                    .iter()
+                    .try_for_each(|f| client.command(&format!("fault {f}")).map(drop))
+            });
+            if let Err(e) = armed {
+                stop(&mut child);
+                return Err(e);
+            }
+        }
         Ok(Sim {
             child: Some(child),
             endpoints,

@@ -165,6 +165,9 @@ pub fn launch_plain(hw: &mut Hw, boot: BootHeader) -> Program {
 fn start(hw: &mut Hw, kind: Kind) -> Program {
     // The SDK arms the hardware watchdog; the app feeds it from here on.
     hw.wdt_enabled = true;
+    // `fault app-silent`: from the jump on, nothing reaches the UART (a sketch stuck before
+    // Serial.begin, a wrong TX pin); the ROM's and eboot's lines before are unaffected.
+    hw.muted = hw.faults.app_silent;
     let now = hw.now;
     let first = match kind {
         // The first instruction fetched from flash.

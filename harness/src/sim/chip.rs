@@ -191,12 +191,51 @@ pub struct NetLink {
     pub ports: Arc<ServicePorts>,
 }
 
-/// Fault knobs set over the control channel.
+/// Fault knobs set over the control channel (see [`super::control`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Faults {
     /// Cut the power during eboot's copy once this many sectors are done (`erased`: also
     /// after erasing the next one, before writing it).
     pub power_cut_during_copy: Option<CopyCut>,
+    /// Cut the power once this many flash data blocks have been written by a loader.
+    pub power_cut_during_flash: Option<u32>,
+    /// Flash data blocks seen since that knob was armed.
+    pub flash_blocks: u32,
+    /// Cut the power once the Updater has been handed this many bytes.
+    pub power_cut_during_ota: Option<u64>,
+    /// OTA bytes handed to the Updater since that knob was armed.
+    pub ota_bytes: u64,
+    /// The ROM download loop never answers.
+    pub rom_silent: bool,
+    /// Apps print nothing.
+    pub app_silent: bool,
+}
+
+impl Faults {
+    /// The armed knobs as `status` words (`flash-cut:3`), in a fixed order.
+    pub fn words(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(c) = self.power_cut_during_copy {
+            out.push(format!(
+                "copy-cut:{}{}",
+                c.sectors,
+                if c.erased { "-erased" } else { "" }
+            ));
+        }
+        if let Some(n) = self.power_cut_during_flash {
+            out.push(format!("flash-cut:{n}"));
+        }
+        if let Some(n) = self.power_cut_during_ota {
+            out.push(format!("ota-cut:{n}"));
+        }
+        if self.rom_silent {
+            out.push("rom-silent".into());
+        }
+        if self.app_silent {
+            out.push("app-silent".into());
+        }
+        out
+    }
 }
 
 /// What the chip put on its UART TX pin, or a pause while it was busy.
@@ -310,6 +349,9 @@ pub struct Hw {
     pub net: Option<NetLink>,
     /// Fault knobs.
     pub faults: Faults,
+    /// The UART prints nothing (an app started under `fault app-silent`); cleared by every
+    /// reset and power cut.
+    pub muted: bool,
     epoch: u64,
     out: Vec<Output>,
     /// Device time at which each queued item has left the UART.
@@ -340,7 +382,7 @@ impl Hw {
 
     /// Queues `bytes` for transmission at the current rate.
     pub fn send(&mut self, bytes: Vec<u8>) {
-        if !bytes.is_empty() {
+        if !bytes.is_empty() && !self.muted {
             let start = self.tx_busy_until.max(self.now);
             self.tx_busy_until = start + super::pty::byte_time(bytes.len(), self.tx_baud);
             self.out_ends.push(self.tx_busy_until);
@@ -449,6 +491,8 @@ pub struct Status {
     pub detail: Option<String>,
     /// An eboot command is waiting in RTC memory.
     pub rtc_command: bool,
+    /// Armed fault knobs ([`Faults::words`], plus the network's).
+    pub faults: Vec<String>,
 }
 
 impl std::fmt::Display for Status {
@@ -488,6 +532,9 @@ impl std::fmt::Display for Status {
             " rtc_cmd={}",
             if self.rtc_command { "yes" } else { "no" }
         )?;
+        if !self.faults.is_empty() {
+            write!(f, " faults={}", self.faults.join(","))?;
+        }
         if let Some(detail) = &self.detail {
             write!(f, " {detail}")?;
         }
@@ -531,6 +578,7 @@ impl Chip {
                 ota_generation: 0,
                 net: None,
                 faults: Faults::default(),
+                muted: false,
                 epoch: 0,
                 out: Vec::new(),
                 out_ends: Vec::new(),
@@ -572,6 +620,13 @@ impl Chip {
                 _ => None,
             },
             rtc_command: crate::ota::updater::EbootCommand::from_words(&self.hw.rtc).is_ok(),
+            faults: {
+                let mut words = self.hw.faults.words();
+                if let Some(n) = self.hw.net.as_ref().and_then(|n| n.shared.reset_armed()) {
+                    words.push(format!("ota-reset:{n}"));
+                }
+                words
+            },
         }
     }
 
@@ -586,6 +641,7 @@ impl Chip {
 
     /// Transition: remove power. RAM, RTC memory, latched straps and queued output are lost.
     pub fn power_off(&mut self) {
+        self.hw.muted = false;
         self.hw.publish_service(None);
         self.hw.rtc = [0; eboot_block::WORDS];
         self.hw.wdt_enabled = false;
@@ -622,6 +678,7 @@ impl Chip {
         if kind.cuts_output() {
             self.hw.cut_output();
         }
+        self.hw.muted = false;
         if kind.samples_straps() || self.hw.latched.is_none() {
             self.hw.latched = Some(self.hw.sample_straps());
             self.hw.soft_started_after_download = false;
@@ -736,14 +793,59 @@ impl Chip {
     pub fn on_ota(&mut self, generation: u64, request: OtaRequest, reply: Sender<OtaReply>) {
         match &mut self.program {
             Program::App(app) if self.hw.powered => {
+                let written = match &request {
+                    OtaRequest::Write(data) => data.len() as u64,
+                    _ => 0,
+                };
                 let flow = app.on_ota(&mut self.hw, generation, request, reply);
                 self.apply_flow(flow);
+                if written > 0 && self.ota_cut_due(written) {
+                    self.power_off();
+                }
                 self.after_program_change();
             }
             _ => {
                 let _ = reply.send(OtaReply::NotRunning);
             }
         }
+    }
+
+    /// Counts `written` OTA bytes against `fault power-cut-during-ota`; true when the cut is
+    /// due now (the knob is then disarmed).
+    fn ota_cut_due(&mut self, written: u64) -> bool {
+        let Some(limit) = self.hw.faults.power_cut_during_ota else {
+            return false;
+        };
+        self.hw.faults.ota_bytes += written;
+        if self.hw.faults.ota_bytes < limit {
+            return false;
+        }
+        tracing::info!(limit, "fault: power cut during the OTA upload");
+        self.hw.faults.power_cut_during_ota = None;
+        self.hw.faults.ota_bytes = 0;
+        true
+    }
+
+    /// Counts a loader's frame against `fault power-cut-during-flash`; true when the cut is due
+    /// now (the knob is then disarmed).
+    fn flash_cut_due(&mut self, frame: &[u8]) -> bool {
+        let Some(limit) = self.hw.faults.power_cut_during_flash else {
+            return false;
+        };
+        match Command::parse(frame).map(|c| c.op) {
+            Ok(proto::Op::FlashBegin | proto::Op::FlashDeflBegin) if limit == 0 => {}
+            Ok(proto::Op::FlashData | proto::Op::FlashDeflData) => {
+                self.hw.faults.flash_blocks += 1;
+                if self.hw.faults.flash_blocks < limit {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        tracing::info!(limit, "fault: power cut during the serial flash");
+        self.hw.faults.power_cut_during_flash = None;
+        self.hw.faults.flash_blocks = 0;
+        true
     }
 
     /// Transition: bytes arrived on UART RX, sent by the host at `host_baud`.
@@ -765,6 +867,11 @@ impl Chip {
     fn on_frame(&mut self, frame: &[u8], host_baud: u32) {
         let program = std::mem::replace(&mut self.program, Program::Off);
         let (program, action) = match program {
+            Program::RomDownload(loader) if self.hw.faults.rom_silent => {
+                // `fault rom-silent`: the loop takes the bytes and never answers.
+                self.program = Program::RomDownload(loader);
+                return;
+            }
             Program::RomDownload(mut loader) => {
                 if self.hw.rx == RxMode::Autobaud {
                     // The ROM's autobaud locks onto the first SYNC; anything before is lost.
@@ -782,9 +889,18 @@ impl Chip {
                 let action = stub.on_frame(frame, &mut self.hw);
                 (Program::Stub(stub), action)
             }
-            other => (other, Action::None),
+            other => {
+                self.program = other;
+                return;
+            }
         };
         self.program = program;
+        if self.flash_cut_due(frame) {
+            // The block is written; the power goes before its reply leaves the UART.
+            self.power_off();
+            self.after_program_change();
+            return;
+        }
         self.apply(action);
     }
 

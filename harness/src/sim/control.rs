@@ -11,14 +11,29 @@
 //! | `button down` / `button up` | hold or release the button on GPIO0 (the boot strap) |
 //! | `reset` | pulse RST/EN (an external reset: straps sampled, rst cause 2) |
 //! | `status` | `ok power=on button=up boot_mode=1,6 rst_cause=1 state=rom-download soft_started=no uart_tx=74880 uart_rx=auto rtc_cmd=no` |
-//! | `fault power-cut-during-copy N` | cut the power when eboot's copy has copied N sectors (0 = before the first erase) |
+//! | `fault power-cut-during-copy N` | cut the power when eboot's copy has copied N sectors (0 = before the first erase); stays armed |
 //! | `fault power-cut-during-copy N erased` | the same, but after sector N was erased and before it is written |
-//! | `fault clear` | no fault knob armed |
+//! | `fault power-cut-during-flash N` | cut the power when the ROM loader (or a stub) has written N flash data blocks, before its reply to the Nth leaves the UART; 0 = right after FLASH_BEGIN's erase; fires once |
+//! | `fault power-cut-during-ota N` | cut the power once the firmware's Updater has been handed N bytes of an OTA upload (the write of the block that reaches N is done, its answer is lost); fires once |
+//! | `fault ota-reset N` | the next OTA upload's TCP connection is reset (RST) by the board's network side once N bytes of upload data have arrived; the firmware sees a lost connection; fires once |
+//! | `fault rom-silent` | the ROM's download loop never answers (no SYNC reply, nothing) until `fault clear` |
+//! | `fault app-silent` | every app the ROM or eboot starts prints nothing (ROM and eboot lines still come; the app still runs: button, OTA) until `fault clear` |
+//! | `fault clear` | no fault knob armed (a pulled cable stays pulled) |
+//! | `port unplug` | pull the serial cable: the stable port name goes away and the pty is closed, so a client's open port sees a hangup; the board's output until `port plug` reaches no port (and is not in the TX log) |
+//! | `port plug` | plug it back: a new pty behind the same stable name (the `port:` endpoint) |
+//!
+//! Fault knobs are for tests of the harness (see harness/tests/fault_matrix.rs): each models one
+//! thing that goes wrong on a bench (a brown-out at a given moment, a dead ROM, a hung app, a
+//! flaky Wi-Fi link, a USB adapter pulled out). The answer to a `port` command comes once
+//! everything the board sent before it is on the pty, like a power command.
 //!
 //! `state` is one of `off`, `rom-download`, `stub`, `ram-code`, `halted`, `eboot-copy`, `app`,
 //! `hung`, `restarting`. `rtc_cmd=yes` while a valid eboot command waits in RTC memory. Some
 //! states add words at the end:
 //!
+//! - `faults=a,b` lists the armed knobs (`copy-cut:N`, `copy-cut:N-erased`, `flash-cut:N`,
+//!   `ota-cut:N`, `ota-reset:N`, `rom-silent`, `app-silent`) and `port=unplugged` is shown while the
+//!   cable is pulled; both only when there is something to say;
 //! - `eboot-copy`: `sector=N/M` (N sectors of M copied), e.g.
 //!   `... state=eboot-copy ... rtc_cmd=yes sector=3/8`;
 //! - `app`: `app=sonoff-ota version=1.0.0 fw_state=RUN relay=off led=on` for the reference
@@ -47,6 +62,21 @@ pub struct CopyCut {
     pub erased: bool,
 }
 
+/// A fault knob other than the eboot copy cut (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Cut the power after this many flash data blocks written by the ROM loader or a stub.
+    PowerCutDuringFlash(u32),
+    /// Cut the power once the Updater has been handed this many bytes of an OTA upload.
+    PowerCutDuringOta(u64),
+    /// Reset the next OTA upload's TCP connection after this many bytes of upload data.
+    OtaReset(u64),
+    /// The ROM download loop never answers.
+    RomSilent,
+    /// Apps print nothing.
+    AppSilent,
+}
+
 /// A control command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlCommand {
@@ -64,6 +94,12 @@ pub enum ControlCommand {
     Status,
     /// Arm (or with `None` disarm) a power cut during eboot's copy.
     PowerCutDuringCopy(Option<CopyCut>),
+    /// Arm another fault knob.
+    Fault(Fault),
+    /// Disarm every fault knob.
+    ClearFaults,
+    /// Pull (`false`) or plug (`true`) the serial cable.
+    Port(bool),
 }
 
 /// The answer to a control command.
@@ -86,7 +122,14 @@ impl fmt::Display for Reply {
 }
 
 const USAGE: &str = "power on|off|cycle, button down|up, reset, status, \
-                     fault power-cut-during-copy N [erased], fault clear";
+                     fault power-cut-during-copy N [erased], fault power-cut-during-flash N, \
+                     fault power-cut-during-ota N, fault ota-reset N, fault rom-silent, \
+                     fault app-silent, fault clear, port unplug|plug";
+
+fn number<T: std::str::FromStr>(word: &str, what: &str) -> Result<T, String> {
+    word.parse()
+        .map_err(|_| format!("bad {what} `{word}` (expected a number, e.g. 3)"))
+}
 
 /// Parses one control line.
 pub fn parse(line: &str) -> Result<ControlCommand, String> {
@@ -103,7 +146,21 @@ pub fn parse(line: &str) -> Result<ControlCommand, String> {
         ["button", "up"] => Ok(ControlCommand::Button(false)),
         ["reset"] => Ok(ControlCommand::Reset),
         ["status"] => Ok(ControlCommand::Status),
-        ["fault", "clear"] => Ok(ControlCommand::PowerCutDuringCopy(None)),
+        ["fault", "clear"] => Ok(ControlCommand::ClearFaults),
+        ["fault", "power-cut-during-flash", n] => Ok(ControlCommand::Fault(
+            Fault::PowerCutDuringFlash(number(n, "block count")?),
+        )),
+        ["fault", "power-cut-during-ota", n] => Ok(ControlCommand::Fault(
+            Fault::PowerCutDuringOta(number(n, "byte count")?),
+        )),
+        ["fault", "ota-reset", n] => Ok(ControlCommand::Fault(Fault::OtaReset(number(
+            n,
+            "byte count",
+        )?))),
+        ["fault", "rom-silent"] => Ok(ControlCommand::Fault(Fault::RomSilent)),
+        ["fault", "app-silent"] => Ok(ControlCommand::Fault(Fault::AppSilent)),
+        ["port", "unplug"] => Ok(ControlCommand::Port(false)),
+        ["port", "plug"] => Ok(ControlCommand::Port(true)),
         ["fault", "power-cut-during-copy", n, rest @ ..] if rest.len() <= 1 => {
             let sectors = n
                 .parse()
@@ -124,7 +181,7 @@ pub fn parse(line: &str) -> Result<ControlCommand, String> {
             })))
         }
         [] => Err(format!("empty command (expected {USAGE})")),
-        ["power" | "button" | "fault", rest @ ..] => Err(format!(
+        ["power" | "button" | "fault" | "port", rest @ ..] => Err(format!(
             "bad argument `{}` for `{}` (expected {USAGE})",
             rest.join(" "),
             words[0]
@@ -225,9 +282,43 @@ mod tests {
                 erased: true
             })))
         );
+        assert_eq!(parse("fault clear"), Ok(ControlCommand::ClearFaults));
         assert_eq!(
-            parse("fault clear"),
-            Ok(ControlCommand::PowerCutDuringCopy(None))
+            parse("fault power-cut-during-flash 4"),
+            Ok(ControlCommand::Fault(Fault::PowerCutDuringFlash(4)))
+        );
+        assert_eq!(
+            parse("fault power-cut-during-ota 8192"),
+            Ok(ControlCommand::Fault(Fault::PowerCutDuringOta(8192)))
+        );
+        assert_eq!(
+            parse("fault ota-reset 3000"),
+            Ok(ControlCommand::Fault(Fault::OtaReset(3000)))
+        );
+        assert_eq!(
+            parse("fault rom-silent"),
+            Ok(ControlCommand::Fault(Fault::RomSilent))
+        );
+        assert_eq!(
+            parse("fault app-silent"),
+            Ok(ControlCommand::Fault(Fault::AppSilent))
+        );
+        assert_eq!(parse("port unplug"), Ok(ControlCommand::Port(false)));
+        assert_eq!(parse("PORT plug"), Ok(ControlCommand::Port(true)));
+        assert!(
+            parse("fault ota-reset lots")
+                .unwrap_err()
+                .contains("bad byte count `lots`")
+        );
+        assert!(
+            parse("fault power-cut-during-flash")
+                .unwrap_err()
+                .contains("bad argument `power-cut-during-flash` for `fault`")
+        );
+        assert!(
+            parse("port wiggle")
+                .unwrap_err()
+                .contains("bad argument `wiggle` for `port`")
         );
         assert!(
             parse("fault power-cut-during-copy x")

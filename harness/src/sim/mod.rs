@@ -39,6 +39,7 @@
 //!
 //! ```text
 //! pty: /dev/pts/7
+//! port: /tmp/.tmpAbC123/serial      (a symlink to the pty; see `port unplug`)
 //! control: /tmp/.tmpAbC123/control.sock
 //! flash: /tmp/.tmpAbC123/flash.bin
 //! tx-log: /tmp/capture.bin        (only with --tx-log)
@@ -104,9 +105,9 @@ use std::time::{Duration, Instant};
 
 use crate::board::BoardProfile;
 
-use self::chip::{Chip, NetLink, ResetKind};
+use self::chip::{Chip, Faults, NetLink, ResetKind};
 use self::clock::Clock;
-use self::control::{ControlCommand, Reply};
+use self::control::{ControlCommand, Fault, Reply};
 use self::flash_model::Flash;
 use self::net::{NetShared, OtaReply, OtaRequest};
 use self::ota_link::{FirmwareLink, OtaServers};
@@ -177,8 +178,11 @@ impl SimConfig {
 /// Where to reach a running simulator.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Endpoints {
-    /// The board's serial port.
+    /// The board's serial port as first opened (a new one after `port unplug`/`port plug`).
     pub pty: PathBuf,
+    /// A stable name for the serial port: a symlink to the current pty, gone while the port
+    /// is unplugged (what `/dev/serial/by-id/...` is for a USB adapter).
+    pub port: PathBuf,
     /// The control socket (mode 0600).
     pub control: PathBuf,
     /// The flash file.
@@ -200,6 +204,7 @@ impl Endpoints {
     pub fn lines(&self) -> Vec<String> {
         let mut lines = vec![
             format!("pty: {}", self.pty.display()),
+            format!("port: {}", self.port.display()),
             format!("control: {}", self.control.display()),
             format!("flash: {}", self.flash.display()),
         ];
@@ -395,9 +400,12 @@ impl SimHandle {
         let control_path = dir.path().join("control.sock");
         let listener = bind_control(&control_path)?;
         let pty = pty::Pty::open()?;
+        let pty_path = pty.path().to_path_buf();
+        let cable = Arc::new(pty::Cable::new(pty, dir.path().join("serial"))?);
         let address = BoardAddress::pick().map_err(SimError::Io)?;
         let endpoints = Endpoints {
-            pty: pty.path().to_path_buf(),
+            pty: pty_path,
+            port: cable.link().to_path_buf(),
             control: control_path,
             flash: flash_path,
             tx_log: config.tx_log.clone(),
@@ -430,7 +438,6 @@ impl SimHandle {
             events: events_tx.clone(),
         };
         let firmware = FirmwarePort::new(events_tx.clone(), Arc::clone(&net), clock, ports);
-        let (reader_fd, writer_fd, probe) = pty.into_parts()?;
 
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -440,8 +447,7 @@ impl SimHandle {
                 .map_err(SimError::Io)
         };
         let writer = pty::Writer {
-            master: writer_fd,
-            probe: probe.clone(),
+            cable: Arc::clone(&cable),
             epoch: Arc::clone(&epoch),
             tx_log,
             realistic: config.realistic_timing,
@@ -453,9 +459,10 @@ impl SimHandle {
         )?);
         {
             let epoch = Arc::clone(&epoch);
+            let cable = Arc::clone(&cable);
             threads.push(spawn(
                 "sim-chip",
-                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock)),
+                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock, cable)),
             )?);
         }
         {
@@ -464,7 +471,7 @@ impl SimHandle {
             let events = events_tx.clone();
             threads.push(spawn(
                 "sim-pty-reader",
-                Box::new(move || pty::run_reader(reader_fd, probe, events, stop, realistic)),
+                Box::new(move || pty::run_reader(cable, events, stop, realistic)),
             )?);
         }
         {
@@ -582,6 +589,7 @@ fn run_chip(
     out: Sender<pty::WriterMsg>,
     epoch: Arc<AtomicU64>,
     mut clock: Clock,
+    cable: Arc<pty::Cable>,
 ) {
     let mut floor = RateSwitchFloor::default();
     let mut flush = |chip: &mut Chip, clock: &mut Clock| {
@@ -627,6 +635,21 @@ fn run_chip(
         chip.advance(clock.now());
         match event {
             Event::Rx { bytes, host_baud } => chip.on_rx(&bytes, host_baud),
+            Event::Control(ControlCommand::Port(plug), reply) => {
+                // Everything sent before the command is on the (old) pty first.
+                flush(&mut chip, &mut clock);
+                barrier(&out);
+                let answer = if plug {
+                    match cable.plug() {
+                        Ok(_) => Reply::Ok(None),
+                        Err(e) => Reply::Error(format!("cannot plug the port back: {e}")),
+                    }
+                } else {
+                    cable.unplug();
+                    Reply::Ok(None)
+                };
+                let _ = reply.send(answer);
+            }
             Event::Control(cmd, reply) => {
                 let settles = matches!(
                     cmd,
@@ -635,7 +658,13 @@ fn run_chip(
                         | ControlCommand::PowerCycle
                         | ControlCommand::Reset
                 );
-                let answer = apply_control(&mut chip, cmd);
+                let mut answer = apply_control(&mut chip, cmd);
+                if cmd == ControlCommand::Status
+                    && !cable.plugged()
+                    && let Reply::Ok(Some(detail)) = &mut answer
+                {
+                    detail.push_str(" port=unplugged");
+                }
                 flush(&mut chip, &mut clock);
                 if settles {
                     barrier(&out);
@@ -712,6 +741,33 @@ fn apply_control(chip: &mut Chip, cmd: ControlCommand) -> Reply {
         }
         ControlCommand::Status => return Reply::Ok(Some(chip.status().to_string())),
         ControlCommand::PowerCutDuringCopy(cut) => chip.hw.faults.power_cut_during_copy = cut,
+        ControlCommand::Fault(fault) => {
+            let faults = &mut chip.hw.faults;
+            match fault {
+                Fault::PowerCutDuringFlash(n) => {
+                    faults.power_cut_during_flash = Some(n);
+                    faults.flash_blocks = 0;
+                }
+                Fault::PowerCutDuringOta(n) => {
+                    faults.power_cut_during_ota = Some(n);
+                    faults.ota_bytes = 0;
+                }
+                Fault::RomSilent => faults.rom_silent = true,
+                Fault::AppSilent => faults.app_silent = true,
+                Fault::OtaReset(n) => match &chip.hw.net {
+                    Some(net) => net.shared.arm_reset(Some(n)),
+                    None => return Reply::Error("this board has no network side".into()),
+                },
+            }
+        }
+        ControlCommand::ClearFaults => {
+            chip.hw.faults = Faults::default();
+            if let Some(net) = &chip.hw.net {
+                net.shared.arm_reset(None);
+            }
+        }
+        // Handled by the chip thread, which owns the cable.
+        ControlCommand::Port(_) => {}
     }
     Reply::Ok(None)
 }

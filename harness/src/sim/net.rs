@@ -32,6 +32,8 @@ pub struct NetState {
 pub struct NetShared {
     state: Mutex<NetState>,
     changed: Condvar,
+    /// The `fault ota-reset N` knob: the next upload's connection is reset after N bytes.
+    reset_after: Mutex<Option<u64>>,
 }
 
 impl NetShared {
@@ -40,7 +42,26 @@ impl NetShared {
         NetShared {
             state: Mutex::new(NetState { ip, service: None }),
             changed: Condvar::new(),
+            reset_after: Mutex::new(None),
         }
+    }
+
+    /// Arms (or with `None` disarms) the connection reset of the next upload.
+    pub fn arm_reset(&self, after: Option<u64>) {
+        *self.reset_after.lock().unwrap_or_else(|e| e.into_inner()) = after;
+    }
+
+    /// The armed connection reset, if any (still armed).
+    pub fn reset_armed(&self) -> Option<u64> {
+        *self.reset_after.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the armed connection reset for an upload that starts now (it fires once).
+    pub fn take_reset(&self) -> Option<u64> {
+        self.reset_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The current state.

@@ -214,8 +214,14 @@ impl EspotaServer {
             }
         };
 
-        let result = self.transfer(svc, client.as_mut(), invitation.size, progress);
-        let result = result.and_then(|()| {
+        let reset_after = svc.link.net().take_reset();
+        let result = self.transfer(svc, client.as_mut(), invitation.size, progress, reset_after);
+        let result = result.and_then(|reset| {
+            if reset && let Some(stream) = client.take() {
+                // `fault ota-reset`: the connection dies with an RST, as when a middlebox or
+                // the Wi-Fi link drops it; the library sees a lost client.
+                let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+            }
             svc.call(OtaRequest::End {
                 even_if_remaining: false,
             })
@@ -259,32 +265,42 @@ impl EspotaServer {
     }
 
     /// The receive loop: `while (!Update.isFinished() && (client.connected() || available))`.
+    /// `Ok(true)`: the connection is to be reset now (`fault ota-reset`, after `reset_after`
+    /// bytes of image data).
     fn transfer(
         &self,
         svc: &Service<'_>,
         client: Option<&mut TcpStream>,
         size: u32,
         progress: &mut Progress,
-    ) -> Result<(), Gone> {
+        reset_after: Option<u64>,
+    ) -> Result<bool, Gone> {
         let Some(stream) = client else {
-            return Ok(());
+            return Ok(false);
         };
         let timeout = firmware::behaviour().espota.receive_timeout;
         let mut total: u32 = 0;
         let mut buf = vec![0u8; 16 * 1024];
         while total < size {
+            if reset_after.is_some_and(|limit| u64::from(total) >= limit) {
+                return Ok(true);
+            }
             if svc.wait_readable(stream, Some(svc.deadline(timeout)))? == Readiness::TimedOut {
                 // "Receive Failed": reported, and the loop goes on while the host is connected.
                 print_error(svc, "receive")?;
                 continue;
             }
-            // Update.write(client) reads what is there, never more than what is missing.
-            let want = ((size - total) as usize).min(buf.len());
+            // Update.write(client) reads what is there, never more than what is missing (and,
+            // with a reset armed, never past the byte at which the connection dies).
+            let mut want = ((size - total) as usize).min(buf.len());
+            if let Some(limit) = reset_after {
+                want = want.min(usize::try_from(limit - u64::from(total)).unwrap_or(usize::MAX));
+            }
             let n = match stream.read(&mut buf[..want]) {
-                Ok(0) => return Ok(()),
+                Ok(0) => return Ok(false),
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return Ok(()),
+                Err(_) => return Ok(false),
             };
             let written = match svc.call(OtaRequest::Write(buf[..n].to_vec()))? {
                 OtaReply::Written(w) => w.min(n),
@@ -297,10 +313,10 @@ impl EspotaServer {
             }
             if written < n {
                 // The Updater failed and reset itself: isFinished() is true from now on.
-                return Ok(());
+                return Ok(false);
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 

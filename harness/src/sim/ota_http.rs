@@ -159,6 +159,8 @@ impl Head {
 struct Conn {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// `fault ota-reset` fired: the connection is dropped with an RST.
+    reset: bool,
 }
 
 /// Result of one read.
@@ -323,6 +325,7 @@ impl HttpServer {
             let mut conn = Conn {
                 stream,
                 buf: Vec::new(),
+                reset: false,
             };
             match self.serve(&svc, l, &mut conn, &mut library, password.as_deref()) {
                 Ok(Next::Restart) => {
@@ -333,6 +336,7 @@ impl HttpServer {
                     let after_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     let _ = svc.call(OtaRequest::Restart { after_ms });
                 }
+                Ok(Next::Drop) if conn.reset => conn.abort(),
                 Ok(Next::Close | Next::KeepAlive | Next::Drop) => conn.close(),
                 Err(Gone) => conn.abort(),
             }
@@ -486,14 +490,28 @@ impl HttpServer {
         let mut parser = parser.with_block_size(DEVICE_UPLOAD_BLOCK);
         let mut fed: u64 = 0;
         let mut part: Option<Part> = None;
+        // `fault ota-reset N`: the connection dies after N bytes of the upload's body.
+        let reset_after = if form.upload {
+            svc.link.net().take_reset()
+        } else {
+            None
+        };
         loop {
+            if reset_after.is_some_and(|limit| fed >= limit) {
+                conn.reset = true;
+                self.aborted(svc, form, part.as_ref(), library)?;
+                return Ok(false);
+            }
             // Feed up to Content-Length first, so that bytes of a next request stay buffered;
             // past it (a short Content-Length) keep going, the device reads to the boundary.
-            let take = if fed < form.length {
+            let mut take = if fed < form.length {
                 conn.buf.len().min((form.length - fed) as usize)
             } else {
                 conn.buf.len()
             };
+            if let Some(limit) = reset_after {
+                take = take.min(usize::try_from(limit - fed).unwrap_or(usize::MAX));
+            }
             if take > 0 {
                 let bytes: Vec<u8> = conn.buf.drain(..take).collect();
                 fed += take as u64;

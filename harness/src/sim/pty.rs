@@ -8,6 +8,17 @@
 //! - Bytes the chip sends while nobody reads stay in the pty buffer, like in a USB-UART bridge's
 //!   buffer; clients flush their input after opening (esptool does). When the buffer stays full
 //!   for [`WRITE_STALL`], further bytes are dropped, as a UART with nobody listening loses them.
+//!
+//! # Unplugging the cable
+//!
+//! The pty sits in a [`Cable`] with a stable name beside it: a symlink (`port:` endpoint) to
+//! the current `/dev/pts/N`, as udev keeps `/dev/serial/by-id/...` for a USB adapter. `port
+//! unplug` ([`Cable::unplug`]) removes the symlink and closes the pty: a client's open port
+//! reports a hangup, as when a USB adapter is pulled, and whatever the client had not read yet is
+//! lost with the adapter's buffer. Until `port plug` the board's output goes nowhere (it is not
+//! written to the TX log either: it never reached a port) and nothing reaches the board.
+//! `port plug` opens a new pty (usually another `/dev/pts/N`) and points the symlink at it,
+//! so a client that reopens the stable name finds the board again.
 
 use std::fs::File;
 use std::io::Write;
@@ -75,12 +86,85 @@ impl Pty {
         }
     }
 
-    /// Splits into the master descriptors for the reader and the writer thread.
-    pub fn into_parts(self) -> Result<(OwnedFd, OwnedFd, RateProbe), SimError> {
-        let probe = self.rate_probe();
-        let writer = self.master.try_clone().map_err(SimError::Io)?;
-        Ok((self.master, writer, probe))
+}
+
+/// The serial cable between the board and the host: a pty while plugged, nothing while
+/// unplugged, and a symlink with a stable name to the current pty (see the module docs).
+#[derive(Debug)]
+pub struct Cable {
+    current: std::sync::Mutex<Option<Arc<Pty>>>,
+    link: PathBuf,
+}
+
+impl Cable {
+    /// A plugged cable with `pty`, named by a new symlink at `link`.
+    pub fn new(pty: Pty, link: PathBuf) -> Result<Cable, SimError> {
+        point_link(&link, pty.path())?;
+        Ok(Cable {
+            current: std::sync::Mutex::new(Some(Arc::new(pty))),
+            link,
+        })
     }
+
+    /// The stable name (a symlink to the current pty while plugged).
+    pub fn link(&self) -> &std::path::Path {
+        &self.link
+    }
+
+    /// The pty in use, or `None` while unplugged.
+    pub fn current(&self) -> Option<Arc<Pty>> {
+        self.lock().clone()
+    }
+
+    /// Whether the cable is plugged.
+    pub fn plugged(&self) -> bool {
+        self.lock().is_some()
+    }
+
+    /// Pulls the cable: the stable name goes, the pty closes once the reader and writer let
+    /// go of it (within [`TICK`]). Returns false if it was already unplugged.
+    pub fn unplug(&self) -> bool {
+        let mut current = self.lock();
+        if current.is_none() {
+            return false;
+        }
+        let _ = std::fs::remove_file(&self.link);
+        *current = None;
+        true
+    }
+
+    /// Plugs the cable back: a new pty behind the stable name. Returns false if it was
+    /// already plugged.
+    pub fn plug(&self) -> Result<bool, SimError> {
+        let mut current = self.lock();
+        if current.is_some() {
+            return Ok(false);
+        }
+        let pty = Pty::open()?;
+        point_link(&self.link, pty.path())?;
+        *current = Some(Arc::new(pty));
+        Ok(true)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Arc<Pty>>> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for Cable {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.link);
+    }
+}
+
+/// Points the symlink `link` at `target`, replacing what was there in one rename.
+fn point_link(link: &std::path::Path, target: &std::path::Path) -> Result<(), SimError> {
+    let mut tmp = link.as_os_str().to_os_string();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(SimError::Io)?;
+    std::fs::rename(&tmp, link).map_err(SimError::Io)
 }
 
 /// Reads the baud rate the host side configured on the slave.
@@ -168,8 +252,7 @@ fn sleep_until(deadline: Instant, stop: &dyn Fn() -> bool) {
 
 /// Reads what the host writes and forwards it to the chip thread with the host's rate.
 pub fn run_reader(
-    master: OwnedFd,
-    probe: RateProbe,
+    cable: Arc<Cable>,
     events: Sender<Event>,
     stop: Arc<AtomicBool>,
     realistic: bool,
@@ -178,6 +261,12 @@ pub fn run_reader(
     let mut pacer = Pacer::new();
     let stopped = || stop.load(Ordering::Relaxed);
     while !stopped() {
+        let Some(pty) = cable.current() else {
+            // Unplugged: nothing reaches the board.
+            std::thread::sleep(TICK);
+            continue;
+        };
+        let master = &pty.master;
         let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16)) {
             Ok(0) | Err(Errno::EINTR) => continue,
@@ -187,7 +276,7 @@ pub fn run_reader(
                 return;
             }
         }
-        match nix::unistd::read(&master, &mut buf) {
+        match nix::unistd::read(master, &mut buf) {
             Ok(0) | Err(Errno::EAGAIN) | Err(Errno::EINTR) => continue,
             // Cannot happen while the slave is held open; be patient rather than spin.
             Err(Errno::EIO) => std::thread::sleep(TICK),
@@ -196,7 +285,7 @@ pub fn run_reader(
                 return;
             }
             Ok(n) => {
-                let baud = probe.host_baud().unwrap_or(0);
+                let baud = pty.rate_probe().host_baud().unwrap_or(0);
                 if realistic {
                     pacer.book(n, baud, &stopped);
                     sleep_until(pacer.free_at, &stopped);
@@ -227,10 +316,8 @@ pub enum WriterMsg {
 
 /// Puts the chip's output on the pty: resampled to the host's rate, logged, and paced.
 pub struct Writer {
-    /// Master descriptor to write to.
-    pub master: OwnedFd,
-    /// Host rate probe.
-    pub probe: RateProbe,
+    /// The cable to write to (output is dropped while it is unplugged).
+    pub cable: Arc<Cable>,
     /// Current power/reset generation; older output is dropped.
     pub epoch: Arc<AtomicU64>,
     /// Optional log of every byte written.
@@ -272,7 +359,11 @@ impl Writer {
                     if epoch < current() {
                         continue;
                     }
-                    let host = self.probe.host_baud().unwrap_or(baud);
+                    let Some(pty) = self.cable.current() else {
+                        // Unplugged: the bytes leave the board's TX pin and reach no port.
+                        continue;
+                    };
+                    let host = pty.rate_probe().host_baud().unwrap_or(baud);
                     let wire = uart::resample(&bytes, baud, host);
                     for slice in wire.chunks(SLICE) {
                         if self.realistic {
@@ -285,7 +376,7 @@ impl Writer {
                                 break;
                             }
                         }
-                        let written = self.write_slice(slice);
+                        let written = write_slice(&pty.master, slice);
                         if let Some(log) = self.tx_log.as_mut()
                             && let Err(e) = log.write_all(&slice[..written])
                         {
@@ -301,31 +392,31 @@ impl Writer {
             }
         }
     }
+}
 
-    /// Writes as much of `data` as the pty accepts within [`WRITE_STALL`]; returns the count.
-    fn write_slice(&self, data: &[u8]) -> usize {
-        let mut done = 0;
-        let deadline = Instant::now() + WRITE_STALL;
-        while done < data.len() {
-            match nix::unistd::write(&self.master, &data[done..]) {
-                Ok(n) => done += n,
-                Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    let mut fds = [PollFd::new(self.master.as_fd(), PollFlags::POLLOUT)];
-                    let wait = left.min(TICK).as_millis() as u16;
-                    let _ = poll(&mut fds, PollTimeout::from(wait));
-                }
-                Err(e) => {
-                    tracing::error!("pty write failed: {e}");
+/// Writes as much of `data` as the pty accepts within [`WRITE_STALL`]; returns the count.
+fn write_slice(master: &OwnedFd, data: &[u8]) -> usize {
+    let mut done = 0;
+    let deadline = Instant::now() + WRITE_STALL;
+    while done < data.len() {
+        match nix::unistd::write(master, &data[done..]) {
+            Ok(n) => done += n,
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
                     break;
                 }
+                let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLOUT)];
+                let wait = left.min(TICK).as_millis() as u16;
+                let _ = poll(&mut fds, PollTimeout::from(wait));
+            }
+            Err(e) => {
+                tracing::error!("pty write failed: {e}");
+                break;
             }
         }
-        done
     }
+    done
 }
 
 #[cfg(test)]
