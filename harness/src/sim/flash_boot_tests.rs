@@ -825,3 +825,139 @@ fn four_mb_layout_on_a_1mb_basic_stages_over_the_eeprom() {
         })
     );
 }
+
+/// A board in download mode whose ROM has answered a SYNC.
+fn synced_loader(board: &str) -> Bench {
+    let mut b = Bench::new(board, &[]);
+    b.chip.set_button(true);
+    b.power_on();
+    b.chip.on_rx(&Command::sync().to_slip(), 115_200);
+    b.collect();
+    b.out.clear();
+    b
+}
+
+/// The frames the chip answered since the last call.
+fn replies(b: &mut Bench) -> Vec<Vec<u8>> {
+    b.collect();
+    let bytes = b.capture();
+    b.out.clear();
+    let mut d = crate::flash::proto::SlipDecoder::new();
+    d.push(&bytes).into_iter().map(Result::unwrap).collect()
+}
+
+#[test]
+fn power_cut_during_flash_fires_after_the_nth_block_and_loses_its_reply() {
+    let mut b = synced_loader("sonoff-basic");
+    b.chip.hw.faults.power_cut_during_flash = Some(2);
+    assert!(b.status().contains(" faults=flash-cut:2"), "{}", b.status());
+    let begin = Command::from_words(Op::FlashBegin, &[0x2000, 2, 0x1000, 0]);
+    b.chip.on_rx(&begin.to_slip(), 115_200);
+    assert_eq!(replies(&mut b).len(), 1);
+    b.chip
+        .on_rx(&Command::data(Op::FlashData, &[0x11; 0x1000], 0).to_slip(), 115_200);
+    assert_eq!(replies(&mut b).len(), 1, "block 1 is answered");
+    b.chip
+        .on_rx(&Command::data(Op::FlashData, &[0x22; 0x1000], 1).to_slip(), 115_200);
+    assert!(replies(&mut b).is_empty(), "the reply to block 2 is lost");
+    assert!(b.status().starts_with("power=off"), "{}", b.status());
+    assert!(!b.status().contains("faults="), "fired once: {}", b.status());
+    // Both blocks reached the flash before the power went.
+    assert_eq!(b.chip.hw.flash.read_vec(0x1000, 4).unwrap(), [0x22; 4]);
+
+    // 0: right after FLASH_BEGIN's erase.
+    let mut b = synced_loader("sonoff-4ch");
+    b.chip.hw.flash.program(0, &[0u8; 16]).unwrap();
+    b.chip.hw.faults.power_cut_during_flash = Some(0);
+    b.chip.on_rx(&begin.to_slip(), 115_200);
+    assert!(replies(&mut b).is_empty());
+    assert!(b.status().starts_with("power=off"));
+    assert!(b.chip.hw.flash.sector_is_blank(0).unwrap(), "erased first");
+}
+
+#[test]
+fn rom_silent_never_answers_and_clears() {
+    let mut b = Bench::new("sonoff-basic", &[]);
+    b.chip.hw.faults.rom_silent = true;
+    b.chip.set_button(true);
+    b.power_on();
+    assert!(b.read_at(74_880).contains("boot mode:(1,6)"), "the banner comes");
+    b.out.clear();
+    for _ in 0..3 {
+        b.chip.on_rx(&Command::sync().to_slip(), 115_200);
+    }
+    assert!(replies(&mut b).is_empty());
+    assert!(b.status().contains("state=rom-download") && b.status().contains("rom-silent"));
+    b.chip.hw.faults = Default::default();
+    b.chip.on_rx(&Command::sync().to_slip(), 115_200);
+    assert_eq!(replies(&mut b).len(), 8);
+}
+
+#[test]
+fn app_silent_keeps_rom_and_eboot_lines_and_mutes_the_app() {
+    let img = Spec::new("1.0.0", Ota::Webserver).build();
+    let mut b = Bench::new("sonoff-4ch", &img);
+    b.chip.hw.faults.app_silent = true;
+    b.power_on();
+    b.run(Duration::from_secs(3));
+    let rom = b.read_at(74_880);
+    assert!(rom.ends_with("v00008000\r\n~ld\r\n"), "{rom:?}");
+    assert!(!b.read_at(115_200).contains("HILFW"));
+    let status = b.status();
+    assert!(
+        status.contains("fw_state=RUN") && status.contains("app-silent"),
+        "the app runs: {status}"
+    );
+    // A power cycle: the ROM speaks again, the app stays silent.
+    b.chip.power_off();
+    b.out.clear();
+    b.power_on();
+    b.run(ms(500));
+    assert!(b.read_at(74_880).contains("rst cause:1"));
+    assert!(!b.read_at(115_200).contains("HILFW"));
+}
+
+#[test]
+fn power_cut_during_ota_fires_once_the_updater_has_the_bytes() {
+    let old = Spec::new("1.0.0", Ota::Webserver).build();
+    let mut b = Bench::new("sonoff-basic", &old);
+    b.power_on();
+    b.run(ms(3000));
+    enter_update(&mut b);
+    b.chip.hw.faults.power_cut_during_ota = Some(5000);
+    let g = b.generation();
+    let free = match b.ota(g, OtaRequest::FreeSketchSpace) {
+        OtaReply::FreeSpace(n) => n,
+        other => panic!("{other:?}"),
+    };
+    let begin = OtaRequest::Begin {
+        size: (free - 0x1000) & 0xFFFF_F000,
+        command: UpdateCommand::Flash,
+        md5: None,
+    };
+    assert_eq!(b.ota(g, begin), OtaReply::Ok);
+    let new = Spec::new("2.0.0", Ota::Webserver).build();
+    assert_eq!(
+        b.ota(g, OtaRequest::Write(new[..2048].to_vec())),
+        OtaReply::Written(2048)
+    );
+    assert_eq!(
+        b.ota(g, OtaRequest::Write(new[2048..4096].to_vec())),
+        OtaReply::Written(2048)
+    );
+    let (tx, rx) = mpsc::channel();
+    b.chip
+        .on_ota(g, OtaRequest::Write(new[4096..6144].to_vec()), tx);
+    assert!(b.status().starts_with("power=off"), "{}", b.status());
+    assert!(rx.recv().is_err(), "the answer is lost with the power");
+    assert!(!b.status().contains("ota-cut"));
+    // Back on: nothing was staged for eboot, the old firmware boots.
+    b.out.clear();
+    b.power_on();
+    b.run(ms(500));
+    assert!(b.read_at(74_880).contains("~ld"));
+    assert!(
+        b.read_at(115_200)
+            .contains("HILFW app=sonoff-ota version=1.0.0 ota=webserver state=RUN")
+    );
+}

@@ -321,3 +321,68 @@ fn a_copy_cut_by_power_loss_leaves_a_crashing_half_copied_app() {
         assert!(status.contains("rtc_cmd=no"), "{status}");
     }
 }
+
+#[test]
+fn port_unplug_hangs_up_the_client_and_plug_brings_a_new_pty_behind_the_same_name() {
+    let work = tempfile::tempdir().unwrap();
+    let tx_log = work.path().join("tx.bin");
+    let mut config = SimConfig::new(board::find("sonoff-basic").unwrap());
+    config.tx_log = Some(tx_log.clone());
+    config.power_at_start = false;
+    let sim = SimHandle::start(config).unwrap();
+    let link = sim.endpoints().port.clone();
+    assert_eq!(std::fs::read_link(&link).unwrap(), sim.endpoints().pty);
+    let open = || {
+        serialport::new(link.to_string_lossy(), 74_880)
+            .timeout(Duration::from_millis(50))
+            .open_native()
+            .unwrap()
+    };
+    let mut port = open();
+    assert_eq!(control(&sim, "power on"), "ok");
+    let mut seen = Vec::new();
+    let read_until = |port: &mut serialport::TTYPort, seen: &mut Vec<u8>, needle: &[u8]| {
+        let deadline = Instant::now() + WAIT;
+        while !seen.windows(needle.len()).any(|w| w == needle) {
+            assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(seen));
+            let mut buf = [0u8; 256];
+            match port.read(&mut buf) {
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    read_until(&mut port, &mut seen, b"ets_main.c \r\n");
+
+    assert_eq!(control(&sim, "port unplug"), "ok");
+    assert!(!link.exists(), "the stable name is gone");
+    assert!(control(&sim, "status").ends_with(" port=unplugged"));
+    // The client's port hangs up (EOF or an error), as a pulled USB adapter does.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        assert!(Instant::now() < deadline, "no hangup");
+        let mut buf = [0u8; 64];
+        match port.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => panic!("data after the unplug: {:?}", &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    // Output while unplugged reaches no port and is not in the TX log.
+    let logged = std::fs::read(&tx_log).unwrap().len();
+    assert_eq!(control(&sim, "power cycle"), "ok");
+    assert_eq!(std::fs::read(&tx_log).unwrap().len(), logged);
+
+    assert_eq!(control(&sim, "port plug"), "ok");
+    let new_pty = std::fs::read_link(&link).unwrap();
+    assert!(new_pty.starts_with("/dev/pts/"), "{new_pty:?}");
+    let mut port = open();
+    let mut again = Vec::new();
+    assert_eq!(control(&sim, "power cycle"), "ok");
+    read_until(&mut port, &mut again, b"ets_main.c \r\n");
+    let log = std::fs::read(&tx_log).unwrap();
+    assert_eq!(log[..logged], seen[..], "before the unplug");
+    assert_eq!(log[logged..], again[..], "after the plug");
+}
