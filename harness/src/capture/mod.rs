@@ -405,6 +405,33 @@ impl Capture {
         lock(&self.shared.rec).offset
     }
 
+    /// Bytes captured so far, after waiting (at most [`DISCARD_WAIT`]) for the reader to take
+    /// what the driver already holds: a mark that separates what the board sent before this
+    /// call from what it sends after.
+    pub fn bytes_caught_up(&self) -> u64 {
+        let pending = self
+            .shared
+            .with_writer("count input", |w| {
+                w.bytes_to_read().map_err(io::Error::from)
+            })
+            .unwrap_or(0);
+        let target = lock(&self.shared.rec).offset + u64::from(pending);
+        let deadline = Instant::now() + DISCARD_WAIT;
+        loop {
+            let offset = lock(&self.shared.rec).offset;
+            if offset >= target || Instant::now() >= deadline || !self.is_connected() {
+                return offset;
+            }
+            let rx = lock(&self.shared.rx);
+            drop(
+                self.shared
+                    .rx_ready
+                    .wait_timeout(rx, Duration::from_millis(5))
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+        }
+    }
+
     /// The port's current rate.
     pub fn baud(&self) -> u32 {
         self.shared.baud.load(Ordering::Relaxed)
@@ -715,6 +742,23 @@ impl Shared {
                 Err(e) => {
                     self.lose(&mut port, e.to_string());
                     quiet = true;
+                }
+            }
+        }
+        // Stopping: what the driver already holds arrived before the stop; it goes into the
+        // file too. Bounded, in case the board keeps sending.
+        if let Some(p) = port.as_mut() {
+            for _ in 0..64 {
+                match p.bytes_to_read() {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                match p.read(&mut buf) {
+                    Ok(n) if n > 0 => {
+                        self.received(&buf[..n], quiet, p.as_mut());
+                        quiet = false;
+                    }
+                    _ => break,
                 }
             }
         }

@@ -157,11 +157,14 @@ impl RigExecutor {
     }
 
     /// Waits until `accept` takes a line at or after `from` (it sees every such line once,
-    /// in order), or `timeout` (real time) passes.
+    /// in order), or `timeout` (real time) passes. With `partial`, `accept` also sees the
+    /// piece of a line whose end has not come (eboot's `@cp:` before the copy's result, a
+    /// board that stops mid-line); a piece it takes ends the wait there.
     fn wait_lines(
         &mut self,
         from: CaptureMark,
         timeout: Duration,
+        partial: bool,
         mut accept: impl FnMut(&SeenLine) -> bool,
     ) -> Option<SeenLine> {
         self.drain();
@@ -175,6 +178,13 @@ impl RigExecutor {
                 if line.offset >= from.0 && accept(line) {
                     return Some(line.clone());
                 }
+            }
+            if partial
+                && let Some(piece) = &self.store.pending
+                && piece.offset >= from.0
+                && accept(piece)
+            {
+                return Some(piece.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.sub.recv_timeout(left) {
@@ -232,7 +242,9 @@ impl Executor for RigExecutor {
     }
 
     fn mark(&mut self) -> Result<CaptureMark, ExecError> {
-        Ok(CaptureMark(self.rig.capture().bytes()))
+        // Everything the board sent before now belongs before the mark, also what is still
+        // in the driver's buffer.
+        Ok(CaptureMark(self.rig.capture().bytes_caught_up()))
     }
 
     fn power(&mut self, action: PowerAction) -> Result<(), ExecError> {
@@ -296,7 +308,7 @@ impl Executor for RigExecutor {
         let real = self.real(timeout);
         let any_state = LineMatcher::StateLine(IdentityWant::default());
         let mut banner_seen = false;
-        let found = self.wait_lines(from, real, |l| {
+        let found = self.wait_lines(from, real, false, |l| {
             if l.banner {
                 banner_seen = true;
                 false
@@ -326,7 +338,8 @@ impl Executor for RigExecutor {
     ) -> Result<LineWait, ExecError> {
         let real = self.real(timeout);
         let mut candidate = None;
-        let found = self.wait_lines(from, real, |l| {
+        let partial = matches!(matcher, LineMatcher::Contains(_));
+        let found = self.wait_lines(from, real, partial, |l| {
             if matcher.matches(&l.text) {
                 return true;
             }

@@ -168,7 +168,10 @@ pub fn start(hw: &mut Hw, boot: BootHeader) -> Program {
         sectors: left.div_ceil(FLASH_SECTOR_SIZE),
         done: 0,
         step: Step::Next,
-        due: hw.now,
+        // `ets_putc` waits for room in the UART FIFO, so eboot's lines (and the ROM's before
+        // them) have left the chip when the copy starts: a cut at sector 0 still shows `@cp:`,
+        // as the seed's Basic log does.
+        due: hw.now.max(hw.tx_busy_until),
         inflated,
     };
     Program::Eboot(copy)
