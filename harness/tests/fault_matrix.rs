@@ -67,3 +67,93 @@ fn power_cut_during_the_eboot_copy_at_several_sectors() {
         assert!(md.contains("eflash over serial"), "{md}");
     }
 }
+
+const FLASH_OLD: &str = r#"# Serial flash of 1.0.0.
+name = "serial-flash"
+description = "Serial flash of the 1.0.0 web-server build, then its boot."
+boards = ["sonoff-basic", "sonoff-4ch"]
+requires = ["power", "gpio0", "serial"]
+
+[[step]]
+flash = { image = "fixtures/images/sonoff-ota-1.0.0-webserver.bin" }
+
+[[step]]
+wait_boot = {}
+
+[[step]]
+expect_identity = { version = "1.0.0", state = "RUN" }
+"#;
+
+/// What the board shows on its own after whatever the last run left in its flash.
+const POWER_ON: &str = r#"# Power on and watch.
+name = "power-on"
+description = "Power on and let the board show what its flash holds."
+boards = ["sonoff-basic", "sonoff-4ch"]
+requires = ["power", "serial"]
+
+[[step]]
+power = "cycle"
+
+[[step]]
+wait = "3s"
+"#;
+
+/// A power cut during the serial flash after `blocks` blocks of 1 KiB (the last of them written
+/// but not acknowledged, so the flasher counts `bytes_written`): the flasher reports that the
+/// board stopped answering and how far it got (a board failure, exit 1); at the next
+/// power-on the board shows what the half-written flash holds and triage classifies it; a
+/// second serial flash recovers it.
+fn serial_flash_cut(kind: &'static str, blocks: u32, bytes_written: u64, shows: &str, class: &str) {
+    let mut bench = Bench::new(kind);
+    let cut = format!("power-cut-during-flash {blocks}");
+    let run = bench.run(FLASH_OLD, &[&cut], &[]);
+    assert_eq!(run.out.status.code(), Some(1), "{cut}: {}", run.said());
+    run.assert_complete_and_lossless();
+    let step = run.step("1");
+    assert_eq!(step["status"], "fail", "{step:#}");
+    let seen = step["observed"].as_str().unwrap();
+    let (command, progress) = if blocks == 0 {
+        ("FLASH_BEGIN", "(stopped before any byte was written)".to_string())
+    } else {
+        (
+            "FLASH_DATA",
+            format!("(stopped after {bytes_written} of 65536 bytes written)"),
+        )
+    };
+    assert!(
+        seen.starts_with(&format!("no reply to {command} within 3.0s"))
+            && seen.contains(&progress)
+            && seen.contains("the board stopped answering: check the 3.3 V supply"),
+        "{cut}: {seen}"
+    );
+
+    let after = bench.run(POWER_ON, &[], &[]);
+    assert_eq!(after.out.status.code(), Some(0), "{}", after.said());
+    after.assert_complete_and_lossless();
+    let capture = runs::text(&std::fs::read(after.capture()).unwrap());
+    assert!(capture.contains(shows), "after {cut}: {capture:?}");
+    assert_eq!(after.triage_class(), class, "after {cut}: {capture:?}");
+
+    let again = bench.run(FLASH_OLD, &[], &[]);
+    assert_eq!(again.out.status.code(), Some(0), "{}", again.said());
+    again.assert_complete_and_lossless();
+}
+
+/// Cut right after FLASH_BEGIN erased the image's sectors: nothing to boot.
+#[test]
+fn power_cut_during_the_serial_flash_after_the_erase() {
+    serial_flash_cut("sonoff-basic", 0, 0, "ets_main.c", "checksum-error");
+}
+
+/// Cut after the first block: eboot is half there, the ROM's checksum fails.
+#[test]
+fn power_cut_during_the_serial_flash_in_the_boot_loader() {
+    serial_flash_cut("sonoff-4ch", 1, 0, "csum", "checksum-error");
+}
+
+/// Cut in the middle of the app: eboot cannot load its segments (`e:3`) and resets into the ROM,
+/// which stops (read at the app rate the capture follows after `ld`, that is garbage).
+#[test]
+fn power_cut_during_the_serial_flash_in_the_app() {
+    serial_flash_cut("sonoff-basic", 40, 39 * 1024, "~ld\r\ne:3\r\n", "checksum-error");
+}

@@ -287,16 +287,30 @@ impl Executor for RigExecutor {
             verify: false,
             ..Default::default()
         };
-        match flash::flash_board(&mut self.rig, &bytes, &options, &mut |_| {}) {
+        let mut progress = None;
+        match flash::flash_board(&mut self.rig, &bytes, &options, &mut |p| progress = Some(p)) {
             Ok(r) => Ok(FlashOutcome::Written {
                 detail: format!(
                     "{} bytes at {:#x} on {}",
                     r.write.bytes, r.write.offset, r.chip.description
                 ),
             }),
-            Err(e) if e.is_dut_failure() => Ok(FlashOutcome::Failed {
-                detail: e.to_string(),
-            }),
+            Err(e) if e.is_dut_failure() => {
+                // Where the write stopped, and what to check: a board that stops answering
+                // halfway has lost power or its cable.
+                let mut detail = e.to_string();
+                match progress {
+                    Some(p) => detail.push_str(&format!(
+                        " (stopped after {} of {} bytes written)",
+                        p.written, p.total
+                    )),
+                    None => detail.push_str(" (stopped before any byte was written)"),
+                }
+                if let Some(help) = miette::Diagnostic::help(&e) {
+                    detail.push_str(&format!("; {help}"));
+                }
+                Ok(FlashOutcome::Failed { detail })
+            }
             Err(e) => Err(ExecError::Failed {
                 action: "serial flash",
                 source: Box::new(e),
