@@ -157,3 +157,102 @@ fn power_cut_during_the_serial_flash_in_the_boot_loader() {
 fn power_cut_during_the_serial_flash_in_the_app() {
     serial_flash_cut("sonoff-basic", 40, 39 * 1024, "~ld\r\ne:3\r\n", "checksum-error");
 }
+
+/// An upload the board never finishes, for `method` (`{method}` in the image names): the
+/// upload must end refused (`transfer`), and after a power cycle 1.0.0 still runs and boots
+/// cleanly.
+fn interrupted_upload(method: &str) -> String {
+    format!(
+        r#"# An OTA upload that does not get through.
+name = "ota-interrupted"
+description = "An OTA upload is cut; the old firmware stays."
+boards = ["sonoff-basic", "sonoff-4ch"]
+requires = ["power", "gpio0", "serial", "ota-{method}"]
+
+[[step]]
+flash = {{ image = "fixtures/images/sonoff-ota-1.0.0-{method}.bin" }}
+
+[[step]]
+wait_boot = {{}}
+
+[[step]]
+expect_identity = {{ version = "1.0.0", state = "RUN" }}
+
+[[step]]
+enter_update = {{}}
+
+[[step]]
+label = "ota"
+expect_ota_refused = {{ method = "{method}", image = "fixtures/images/sonoff-ota-2.0.0-{method}.bin", reason = "transfer" }}
+
+[[step]]
+power = "cycle"
+
+[[step]]
+wait_boot = {{}}
+
+[[step]]
+expect_identity = {{ version = "1.0.0", state = "RUN" }}
+
+[[step]]
+expect_triage = {{ class = "healthy-boot", since = "ota" }}
+"#
+    )
+}
+
+/// Runs [`interrupted_upload`] with `fault` armed; returns what the OTA step saw and the
+/// capture.
+fn upload_with_fault(kind: &'static str, method: &str, fault: &str) -> (String, String) {
+    let mut bench = Bench::new(kind);
+    let old = std::fs::read(runs::fixture(&format!("sonoff-ota-1.0.0-{method}.bin"))).unwrap();
+    let run = bench.run(&interrupted_upload(method), &[fault], &[]);
+    assert_eq!(run.out.status.code(), Some(0), "{fault}: {}", run.said());
+    run.assert_complete_and_lossless();
+    // Nothing of 2.0.0 reached the app region: flash 0..1 MB is the serial-flashed image, the
+    // rest untouched but for the staging area below the filesystem.
+    let flash = bench.flash_bytes();
+    assert_eq!(flash[..old.len()], old[..], "{fault}: the app region is 1.0.0");
+    let seen = run.step("5")["observed"].as_str().unwrap().to_string();
+    assert!(
+        seen.starts_with("refused (transfer): upload cut: the connection to 127.0.0.")
+            && seen.contains("Connection reset by peer"),
+        "{fault}: {seen}"
+    );
+    let capture = runs::text(&std::fs::read(run.capture()).unwrap());
+    (seen, capture)
+}
+
+/// Power lost after 20 KiB of a web-server upload.
+#[test]
+fn power_cut_during_a_webserver_upload() {
+    let (_, capture) = upload_with_fault("sonoff-basic", "webserver", "power-cut-during-ota 20480");
+    assert!(!capture.contains("Update Success"), "{capture:?}");
+}
+
+/// Power lost after 10 KiB of an ArduinoOTA upload.
+#[test]
+fn power_cut_during_an_arduino_upload() {
+    let (seen, capture) = upload_with_fault("sonoff-4ch", "arduino", "power-cut-during-ota 10240");
+    assert!(seen.contains(" of 32768 bytes"), "{seen}");
+    assert!(
+        capture.contains("OTA progress 30%") && !capture.contains("OTA end"),
+        "{capture:?}"
+    );
+}
+
+/// The web-server upload's TCP connection reset after 30000 bytes: the client says "upload
+/// cut", the board aborts the update and stays on 1.0.0.
+#[test]
+fn connection_reset_during_a_webserver_upload() {
+    let (_, capture) = upload_with_fault("sonoff-4ch", "webserver", "ota-reset 30000");
+    // The board saw the connection go and aborted the update (ESP8266HTTPUpdateServer).
+    assert!(capture.contains("Update was aborted\r\n"), "{capture:?}");
+}
+
+/// The ArduinoOTA upload's connection reset after 8000 bytes.
+#[test]
+fn connection_reset_during_an_arduino_upload() {
+    let (_, capture) = upload_with_fault("sonoff-basic", "arduino", "ota-reset 8000");
+    // ArduinoOTA's loop ended with the client; Update.end() refused the short image.
+    assert!(capture.contains("OTA error end: ERROR["), "{capture:?}");
+}
