@@ -256,3 +256,44 @@ fn connection_reset_during_an_arduino_upload() {
     // ArduinoOTA's loop ended with the client; Update.end() refused the short image.
     assert!(capture.contains("OTA error end: ERROR["), "{capture:?}");
 }
+
+/// A ROM that never answers in download mode: the flash step fails with the flasher's no-sync
+/// error, which names what it saw (the download-mode banner, then nothing) and what to check.
+#[test]
+fn a_rom_that_never_answers_is_a_no_sync_failure() {
+    let mut bench = Bench::new("sonoff-4ch");
+    let run = bench.run(FLASH_OLD, &["rom-silent"], &[]);
+    assert_eq!(run.out.status.code(), Some(1), "{}", run.said());
+    run.assert_complete_and_lossless();
+    let step = run.step("1");
+    let seen = step["observed"].as_str().unwrap();
+    assert_eq!(
+        seen,
+        "no SYNC reply from the ROM loader after 35 SYNC frames (0 bytes came back); 74880 \
+         banner seen but no SYNC reply: wrong port? The ROM is in download mode but what the \
+         harness sends does not reach it: check the harness TX to board RX wire and that TX/RX \
+         are not swapped (4CH R1 silkscreen)"
+    );
+    assert_eq!(run.triage_class(), "download-mode", "{}", run.said());
+}
+
+/// An app that prints nothing: the ROM and eboot lines come, `wait_boot` times out and says
+/// that the banner came but the app never spoke.
+#[test]
+fn a_silent_app_is_a_wait_boot_timeout_that_says_so() {
+    let mut bench = Bench::new("sonoff-basic");
+    let run = bench.run(FLASH_OLD, &["app-silent"], &[]);
+    assert_eq!(run.out.status.code(), Some(1), "{}", run.said());
+    run.assert_complete_and_lossless();
+    let step = run.step("2");
+    assert_eq!(step["status"], "fail");
+    let seen = step["observed"].as_str().unwrap();
+    assert_eq!(
+        seen,
+        "not seen within 30s; last line: `~ld`; the ROM banner came (`ets Jan  8 2013,rst \
+         cause:1, boot mode:(3,6)`) but no state line from the app followed",
+    );
+    // Triage reads only the log: eboot loaded the app and nothing went wrong after it. An
+    // app that prints nothing looks like a healthy one there; the failed step says otherwise.
+    assert_eq!(run.triage_class(), "healthy-boot");
+}

@@ -155,7 +155,9 @@ pub trait Executor {
     /// running the way esptool's `--after soft-reset` does.
     fn flash(&mut self, image: &Path, power_cycle_after: bool) -> Result<FlashOutcome, ExecError>;
 
-    /// Waits, from `from`, for a ROM banner followed by the app's state line.
+    /// Waits, from `from`, for a ROM banner followed by the app's state line. On a timeout,
+    /// `last_candidate` is the last ROM banner seen (so the report can tell "no boot at all"
+    /// from "booted, but the app said nothing").
     fn wait_boot(&mut self, from: CaptureMark, timeout: Duration) -> Result<LineWait, ExecError>;
 
     /// Waits, from `from`, for a line `matcher` accepts.

@@ -304,7 +304,17 @@ impl Executor for RigExecutor {
                         " (stopped after {} of {} bytes written)",
                         p.written, p.total
                     )),
-                    None => detail.push_str(" (stopped before any byte was written)"),
+                    None if matches!(
+                        e,
+                        flash::FlashError::Timeout {
+                            command: crate::flash::proto::Op::FlashBegin,
+                            ..
+                        }
+                    ) =>
+                    {
+                        detail.push_str(" (stopped before any byte was written)");
+                    }
+                    None => {}
                 }
                 if let Some(help) = miette::Diagnostic::help(&e) {
                     detail.push_str(&format!("; {help}"));
@@ -321,13 +331,13 @@ impl Executor for RigExecutor {
     fn wait_boot(&mut self, from: CaptureMark, timeout: Duration) -> Result<LineWait, ExecError> {
         let real = self.real(timeout);
         let any_state = LineMatcher::StateLine(IdentityWant::default());
-        let mut banner_seen = false;
+        let mut banner: Option<String> = None;
         let found = self.wait_lines(from, real, false, |l| {
             if l.banner {
-                banner_seen = true;
+                banner = Some(l.text.clone());
                 false
             } else {
-                banner_seen && any_state.matches(&l.text)
+                banner.is_some() && any_state.matches(&l.text)
             }
         });
         Ok(match found {
@@ -339,7 +349,7 @@ impl Executor for RigExecutor {
             },
             None => LineWait::Timeout {
                 last_line: self.store.last_line(from),
-                last_candidate: None,
+                last_candidate: banner,
             },
         })
     }

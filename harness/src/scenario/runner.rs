@@ -347,14 +347,40 @@ impl Runner<'_, '_> {
             }
             StepKind::WaitBoot { timeout } => {
                 let wait = self.exec.wait_boot(self.cursor, *timeout)?;
-                self.line_outcome(
-                    wait,
-                    format!(
-                        "a boot (ROM banner, then the app's state line) within {}",
-                        dur(*timeout)
-                    ),
-                    *timeout,
-                )
+                let expected = format!(
+                    "a boot (ROM banner, then the app's state line) within {}",
+                    dur(*timeout)
+                );
+                match wait {
+                    LineWait::Timeout {
+                        last_line,
+                        last_candidate,
+                    } => {
+                        // Say which half is missing: no boot at all, or an app that is silent.
+                        let banner = last_candidate;
+                        let mut o = self.line_outcome(
+                            LineWait::Timeout {
+                                last_line,
+                                last_candidate: None,
+                            },
+                            expected,
+                            *timeout,
+                        );
+                        let why = match banner {
+                            Some(b) => format!(
+                                "; the ROM banner came (`{}`) but no state line from the app \
+                                 followed",
+                                b.trim()
+                            ),
+                            None => "; no ROM banner came".to_string(),
+                        };
+                        if let Some(observed) = o.observed.as_mut() {
+                            observed.push_str(&why);
+                        }
+                        o
+                    }
+                    seen => self.line_outcome(seen, expected, *timeout),
+                }
             }
             StepKind::ExpectLine { matcher, timeout }
             | StepKind::ExpectIdentity { matcher, timeout } => {
