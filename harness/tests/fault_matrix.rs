@@ -297,3 +297,69 @@ fn a_silent_app_is_a_wait_boot_timeout_that_says_so() {
     // app that prints nothing looks like a healthy one there; the failed step says otherwise.
     assert_eq!(run.triage_class(), "healthy-boot");
 }
+
+/// The serial port vanishes mid-capture (the USB adapter pulled: the stable name goes, the
+/// open port hangs up) and comes back as a new pty behind the same name. `harness monitor`
+/// says so, keeps what it had, reopens the port, and goes on capturing; the capture file is
+/// exactly what the board put on the port (what it sent while unplugged reached no port).
+#[test]
+fn serial_port_vanishes_mid_capture_and_comes_back() {
+    use std::io::BufReader;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let tx_log = dir.path().join("tx.bin");
+    let sim = runs::SimProcess::start("sonoff-basic", &["--tx-log", tx_log.to_str().unwrap()]);
+    let rig = sim.rig_file(dir.path(), "dut", "sonoff-basic", "off");
+    let capture = dir.path().join("monitor.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["monitor", "--board", "dut", "--rig"])
+        .arg(&rig)
+        .arg("--out")
+        .arg(&capture)
+        .env("HARNESS_LOCK_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    runs::line_starting(&mut out, "# monitoring", &mut seen);
+    // The monitor's own power cycle boots the erased board into the ROM's halt.
+    runs::line_starting(&mut out, "ets_main.c", &mut seen);
+    runs::line_starting(&mut out, "# triage boot", &mut seen);
+
+    sim.command("port unplug");
+    let lost = runs::line_starting(&mut out, "# [", &mut seen);
+    assert!(lost.contains("port lost: "), "{lost}");
+    assert!(lost.ends_with("(reconnecting)"), "{lost}");
+    // While unplugged the board boots again; nothing of it reaches a port.
+    sim.command("power cycle");
+    sim.command("port plug");
+    let back = runs::line_starting(&mut out, "# [", &mut seen);
+    assert!(back.contains("port reopened at 74880"), "{back}");
+    sim.command("power cycle");
+    runs::line_starting(&mut out, "ets_main.c", &mut seen);
+    runs::line_starting(&mut out, "# triage boot", &mut seen);
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(143));
+    let captured = std::fs::read(&capture).unwrap();
+    let sent = std::fs::read(&tx_log).unwrap();
+    runs::assert_same_bytes(&captured, &sent);
+    assert_eq!(
+        runs::text(&captured).matches("ets_main.c").count(),
+        2,
+        "the boot before the unplug and the one after the plug: {seen:#?}"
+    );
+    let events: Vec<String> = harness::capture::read_index(&harness::capture::index_path(&capture))
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string())
+        .filter(|e| e == "port-lost" || e == "port-reopened")
+        .collect();
+    assert_eq!(events, ["port-lost", "port-reopened"]);
+}

@@ -252,3 +252,108 @@ pub fn flashed(image: &[u8], flash_size: usize) -> Vec<u8> {
     bytes[..image.len()].copy_from_slice(image);
     bytes
 }
+
+/// A `harness sim` the test starts and controls (so it outlives the harness processes under
+/// test and its status can be read after they are gone); stopped on drop.
+pub struct SimProcess {
+    child: std::process::Child,
+    /// `name: value` endpoint lines it printed.
+    pub endpoints: std::collections::BTreeMap<String, String>,
+}
+
+impl SimProcess {
+    /// Starts `harness sim --board KIND` with `extra` arguments, unpowered.
+    pub fn start(kind: &str, extra: &[&str]) -> SimProcess {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
+            .args(["sim", "--board", kind, "--power", "off"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut endpoints = std::collections::BTreeMap::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "sim ended early");
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            let (k, v) = l.split_once(": ").unwrap();
+            endpoints.insert(k.to_string(), v.to_string());
+        }
+        // Keep draining stdout so the simulator never blocks on it.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        SimProcess { child, endpoints }
+    }
+
+    /// Its control socket.
+    pub fn control_path(&self) -> PathBuf {
+        PathBuf::from(&self.endpoints["control"])
+    }
+
+    /// Sends a control line; panics unless the answer is `ok ...`.
+    pub fn command(&self, line: &str) -> String {
+        harness::rig::SimClient::connect(&self.control_path())
+            .unwrap()
+            .command(line)
+            .unwrap_or_else(|e| panic!("`{line}`: {e}"))
+    }
+
+    /// Its `status` as `key=value` pairs.
+    pub fn status(&self) -> std::collections::BTreeMap<String, String> {
+        harness::rig::SimClient::connect(&self.control_path())
+            .unwrap()
+            .status()
+            .unwrap()
+    }
+
+    /// A rig file attaching to this simulator as board `name` through its stable port name,
+    /// with its OTA addresses.
+    pub fn rig_file(&self, dir: &Path, name: &str, kind: &str, power_at_exit: &str) -> PathBuf {
+        let path = dir.join(format!("{name}-rig.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[board]]\nname = \"{name}\"\nkind = \"{kind}\"\nbackend = \"virtual\"\n\
+                 power_at_exit = \"{power_at_exit}\"\n[board.sim]\ncontrol = \"{}\"\npty = \"{}\"\n\
+                 http = \"{}\"\nota = \"{}\"\n",
+                self.endpoints["control"],
+                self.endpoints["port"],
+                self.endpoints["http"],
+                self.endpoints["ota"],
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+impl Drop for SimProcess {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads lines of a child's stdout until one starts with `prefix`; returns it.
+pub fn line_starting(out: &mut impl std::io::BufRead, prefix: &str, seen: &mut Vec<String>) -> String {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "output ended before a line starting with {prefix:?}; saw {seen:#?}"
+        );
+        seen.push(line.trim_end().to_string());
+        if line.starts_with(prefix) {
+            return line.trim_end().to_string();
+        }
+    }
+}
