@@ -113,7 +113,10 @@ fn serial_flash_cut(kind: &'static str, blocks: u32, bytes_written: u64, shows: 
     assert_eq!(step["status"], "fail", "{step:#}");
     let seen = step["observed"].as_str().unwrap();
     let (command, progress) = if blocks == 0 {
-        ("FLASH_BEGIN", "(stopped before any byte was written)".to_string())
+        (
+            "FLASH_BEGIN",
+            "(stopped before any byte was written)".to_string(),
+        )
     } else {
         (
             "FLASH_DATA",
@@ -155,7 +158,13 @@ fn power_cut_during_the_serial_flash_in_the_boot_loader() {
 /// which stops (read at the app rate the capture follows after `ld`, that is garbage).
 #[test]
 fn power_cut_during_the_serial_flash_in_the_app() {
-    serial_flash_cut("sonoff-basic", 40, 39 * 1024, "~ld\r\ne:3\r\n", "checksum-error");
+    serial_flash_cut(
+        "sonoff-basic",
+        40,
+        39 * 1024,
+        "~ld\r\ne:3\r\n",
+        "checksum-error",
+    );
 }
 
 /// An upload the board never finishes, for `method` (`{method}` in the image names): the
@@ -211,7 +220,11 @@ fn upload_with_fault(kind: &'static str, method: &str, fault: &str) -> (String, 
     // Nothing of 2.0.0 reached the app region: flash 0..1 MB is the serial-flashed image, the
     // rest untouched but for the staging area below the filesystem.
     let flash = bench.flash_bytes();
-    assert_eq!(flash[..old.len()], old[..], "{fault}: the app region is 1.0.0");
+    assert_eq!(
+        flash[..old.len()],
+        old[..],
+        "{fault}: the app region is 1.0.0"
+    );
     let seen = run.step("5")["observed"].as_str().unwrap().to_string();
     assert!(
         seen.starts_with("refused (transfer): upload cut: the connection to 127.0.0.")
@@ -358,8 +371,154 @@ fn serial_port_vanishes_mid_capture_and_comes_back() {
     let events: Vec<String> = harness::capture::read_index(&harness::capture::index_path(&capture))
         .unwrap()
         .iter()
-        .map(|r| serde_json::to_value(&r.event).unwrap()["event"].as_str().unwrap().to_string())
+        .map(|r| {
+            serde_json::to_value(&r.event).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .filter(|e| e == "port-lost" || e == "port-reopened")
         .collect();
     assert_eq!(events, ["port-lost", "port-reopened"]);
+}
+
+/// `--out` names a file, not a folder: nothing can be written; the error names it, and no
+/// report.json exists that could claim anything.
+#[test]
+fn a_run_folder_that_cannot_be_created_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-folder");
+    std::fs::write(&blocker, b"a file").unwrap();
+    let scenario = dir.path().join("power-on.toml");
+    std::fs::write(&scenario, POWER_ON).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["scenario", "run"])
+        .arg(&scenario)
+        .args(["--board", "basic", "--out"])
+        .arg(blocker.join("run"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let said = format!("{}\n{}", runs::text(&out.stdout), runs::text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let err = runs::squash(&runs::text(&out.stderr));
+    assert!(
+        err.contains(&runs::squash(&format!(
+            "cannot create the folder `{}`",
+            blocker.join("run").display()
+        ))),
+        "{said}"
+    );
+    assert!(!blocker.join("run").exists());
+}
+
+/// The disk fills up mid-run: the harness process may write files of at most 8 KiB
+/// (RLIMIT_FSIZE; with SIGXFSZ ignored a write past it fails with EFBIG, as a full disk fails
+/// with ENOSPC). A crash-looping board fills the capture past that. The run is a harness error
+/// naming the capture file, report.json says `complete: false`, and the capture holds exactly
+/// the first 8 KiB the board sent: nothing else is lost or invented.
+#[test]
+fn a_full_disk_mid_run_never_passes_as_complete() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    // 1.0.0 with one byte of its app changed: the app checksum fails and it crashes at boot,
+    // again and again.
+    let mut image = std::fs::read(runs::fixture("sonoff-ota-1.0.0-webserver.bin")).unwrap();
+    image[0x1100] ^= 0x55;
+    let flash = dir.path().join("flash.bin");
+    std::fs::write(&flash, runs::flashed(&image, 1 << 20)).unwrap();
+    let tx_log = dir.path().join("tx.bin");
+    // The simulator is not limited: the test starts it and the harness attaches.
+    let sim = runs::SimProcess::start(
+        "sonoff-basic",
+        &[
+            "--flash",
+            flash.to_str().unwrap(),
+            "--tx-log",
+            tx_log.to_str().unwrap(),
+        ],
+    );
+    let rig = sim.rig_file(dir.path(), "dut", "sonoff-basic", "off");
+    let scenario = dir.path().join("loop.toml");
+    std::fs::write(
+        &scenario,
+        POWER_ON.replace("wait = \"3s\"", "wait = \"40s\""),
+    )
+    .unwrap();
+    let folder = dir.path().join("run");
+    const LIMIT: u64 = 8192;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_harness"));
+    cmd.args(["scenario", "run"])
+        .arg(&scenario)
+        .arg("--rig")
+        .arg(&rig)
+        .args(["--board", "dut", "--out"])
+        .arg(&folder)
+        .env("HARNESS_LOCK_DIR", dir.path())
+        .env("NO_COLOR", "1");
+    // SAFETY: between fork and exec only async-signal-safe calls (setrlimit, signal).
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let said = format!("{}\n{}", runs::text(&out.stdout), runs::text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let run_dir = folder.join("power-on--sonoff-basic");
+    let capture = run_dir.join("capture.log");
+    let err = runs::squash(&runs::text(&out.stderr));
+    assert!(
+        err.contains(&runs::squash(&format!(
+            "the capture `{}` is incomplete: cannot write capture file {}: File too large",
+            capture.display(),
+            capture.display()
+        ))),
+        "{said}"
+    );
+    // Never a report that claims to be complete; where one could be written, it says false.
+    let mut claims = Vec::new();
+    for entry in walk(&folder) {
+        let body = std::fs::read_to_string(&entry).unwrap_or_default();
+        if body.contains("\"complete\": true") {
+            claims.push(entry);
+        }
+    }
+    assert!(claims.is_empty(), "{claims:?}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["complete"], false);
+    assert_eq!(report["status"], "error");
+    // The first LIMIT bytes the board sent, and nothing else.
+    let captured = std::fs::read(&capture).unwrap();
+    let sent = std::fs::read(&tx_log).unwrap();
+    assert!(
+        sent.len() as u64 > LIMIT,
+        "the board sent {} bytes",
+        sent.len()
+    );
+    assert_eq!(captured.len() as u64, LIMIT);
+    runs::assert_same_bytes(&captured, &sent[..LIMIT as usize]);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }

@@ -432,6 +432,20 @@ impl Capture {
         }
     }
 
+    /// Why the capture or index file is missing bytes (a write failed: disk full, file too
+    /// large), if it is; the first error, naming the file.
+    pub fn write_error(&self) -> Option<String> {
+        let rec = lock(&self.shared.rec);
+        let e = rec.error.as_ref()?;
+        let file = self
+            .shared
+            .config
+            .file
+            .as_deref()
+            .unwrap_or(Path::new("<no file>"));
+        Some(format!("cannot write capture file {}: {e}", file.display()))
+    }
+
     /// The port's current rate.
     pub fn baud(&self) -> u32 {
         self.shared.baud.load(Ordering::Relaxed)
@@ -773,7 +787,9 @@ impl Shared {
         if let Some(file) = rec.file.as_mut()
             && let Err(e) = file.write_all(bytes)
         {
-            tracing::error!("capture file write failed: {e}");
+            if rec.error.is_none() {
+                tracing::error!("capture file write failed: {e}");
+            }
             rec.error.get_or_insert(e);
         }
         let start = rec.offset;
@@ -948,7 +964,9 @@ impl Shared {
             let mut line = serde_json::to_vec(&record).unwrap_or_default();
             line.push(b'\n');
             if let Err(e) = index.write_all(&line) {
-                tracing::error!("capture index write failed: {e}");
+                if rec.error.is_none() {
+                    tracing::error!("capture index write failed: {e}");
+                }
                 rec.error.get_or_insert(e);
             }
         }

@@ -163,6 +163,9 @@ pub struct RunReport {
     pub triage: Option<triage::Report>,
     /// The raw capture file, if the executor wrote one.
     pub capture: Option<PathBuf>,
+    /// Why the capture file is missing bytes (it could not be written completely), if it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capture_error: Option<String>,
     /// Harness errors outside the steps (triage at the end, safe state).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub harness_errors: Vec<String>,

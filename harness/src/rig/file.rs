@@ -28,7 +28,7 @@
 //! process; `faults = ["power-cut-during-copy 3"]` arms fault knobs in it before the run, each
 //! the words after `fault` in a control line), or `control` + `pty` to attach to a `harness sim`
 //! that is already running, with `http` and `ota` (its endpoint addresses) when OTA should reach
-//! it.
+//! it and `time_scale` (its `time-scale:`) so that device durations are scaled to its clock.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -131,6 +131,8 @@ struct RawSim {
     http: Option<Spanned<String>>,
     #[serde(default)]
     ota: Option<Spanned<String>>,
+    #[serde(default)]
+    time_scale: Option<Spanned<f64>>,
 }
 
 /// How a board is connected.
@@ -303,6 +305,8 @@ pub struct SimAttach {
     pub http: Option<std::net::SocketAddr>,
     /// Its ArduinoOTA port (`ota:` endpoint), for OTA.
     pub ota: Option<std::net::SocketAddr>,
+    /// Its device clock (`time-scale:` endpoint: real seconds per device second).
+    pub time_scale: Option<TimeScale>,
 }
 
 /// A GPIO line: chip (name like `gpiochip0` or path) and offset.
@@ -833,12 +837,28 @@ impl Check<'_> {
         };
         let http = addr("http", &s.http)?;
         let ota = addr("ota", &s.ota)?;
+        let time_scale = s
+            .time_scale
+            .as_ref()
+            .map(|t| {
+                TimeScale::new(*t.get_ref()).ok_or_else(|| {
+                    self.err(
+                        t.span(),
+                        Problem::Invalid {
+                            key: key("time_scale"),
+                            reason: "expected the simulator's `time-scale:`, a number above 0",
+                        },
+                    )
+                })
+            })
+            .transpose()?;
         let attach = match (&s.control, &s.pty) {
             (Some(c), Some(p)) => Some(SimAttach {
                 control: self.resolve(c.get_ref()),
                 pty: p.get_ref().clone(),
                 http,
                 ota,
+                time_scale,
             }),
             (None, None) => None,
             (Some(_), None) | (None, Some(_)) => {
@@ -882,6 +902,7 @@ impl Check<'_> {
             let attached_only = [
                 ("http", s.http.as_ref().map(Spanned::span)),
                 ("ota", s.ota.as_ref().map(Spanned::span)),
+                ("time_scale", s.time_scale.as_ref().map(Spanned::span)),
             ];
             if let Some((k, Some(sp))) = attached_only.into_iter().find(|(_, s)| s.is_some()) {
                 return Err(self.err(

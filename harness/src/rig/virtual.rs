@@ -66,6 +66,9 @@ impl Sim {
                     endpoints.push((name.into(), a.to_string()));
                 }
             }
+            if let Some(scale) = attach.time_scale {
+                endpoints.push(("time-scale".into(), scale.factor().to_string()));
+            }
             return Ok(Sim {
                 child: None,
                 endpoints,

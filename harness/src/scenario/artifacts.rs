@@ -14,7 +14,10 @@
 //!
 //! Every file is written atomically: to a temporary file in the same folder, fsynced, then
 //! renamed over the final name (and the folder fsynced). A full disk or a read-only folder
-//! gives an error naming the file, and leaves no half-written file under a final name.
+//! gives an error naming the file, and leaves no half-written file under a final name. The
+//! capture is the exception: it is written as the bytes arrive (so a crash loses nothing),
+//! straight into the run folder; if that file could not be written completely, the folder is
+//! not complete either.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -63,6 +66,18 @@ pub enum ArtifactError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// A run's capture file could not be written completely (it is missing bytes).
+    #[error("the capture `{path}` is incomplete: {reason}")]
+    #[diagnostic(
+        code(harness::artifacts::capture_incomplete),
+        help("is the disk full? report.json is not marked complete; the run's steps are in it")
+    )]
+    IncompleteCapture {
+        /// The capture file.
+        path: PathBuf,
+        /// What went wrong while it was written.
+        reason: String,
     },
     /// The JUnit renderer failed.
     #[error("cannot render junit.xml")]
@@ -158,7 +173,16 @@ pub struct RunFolder {
 pub fn write_run_folder(dir: &Path, set: &RunSet) -> Result<RunFolder, ArtifactError> {
     create_dir(dir)?;
     let mut written = set.clone();
-    let result = write_contents(dir, &mut written);
+    let result = write_contents(dir, &mut written).and_then(|()| {
+        // A capture that misses bytes is half-written, whatever else got written.
+        match written.runs.iter().find(|r| r.capture_error.is_some()) {
+            Some(run) => Err(ArtifactError::IncompleteCapture {
+                path: dir.join(run.capture.clone().unwrap_or_default()),
+                reason: run.capture_error.clone().unwrap_or_default(),
+            }),
+            None => Ok(()),
+        }
+    });
     match result {
         Ok(()) => {
             write_atomic(

@@ -181,6 +181,13 @@ pub trait Executor {
     /// The file the raw capture is written to, if there is one.
     fn capture_path(&self) -> Option<PathBuf>;
 
+    /// Why the capture file is missing bytes (a full disk, a write error), if it is. The
+    /// runner asks at the end of every run; a run with an incomplete capture is a harness
+    /// error and its run folder is never marked complete.
+    fn capture_error(&self) -> Option<String> {
+        None
+    }
+
     /// Leaves the board safe: button released, power as the rig file wants it at rest. The
     /// runner calls it at the end of every run, whatever happened.
     fn safe_state(&mut self) -> Result<(), ExecError>;

@@ -433,6 +433,10 @@ impl Executor for RigExecutor {
         Some(self.capture_file.clone())
     }
 
+    fn capture_error(&self) -> Option<String> {
+        self.rig.capture().write_error()
+    }
+
     fn safe_state(&mut self) -> Result<(), ExecError> {
         self.rig
             .safe_state()

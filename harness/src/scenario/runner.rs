@@ -161,6 +161,7 @@ pub fn run(
         steps: Vec::new(),
         triage: None,
         capture: None,
+        capture_error: None,
         harness_errors: Vec::new(),
     };
 
@@ -216,6 +217,13 @@ pub fn run(
     }
     if let Err(e) = guarded(|| exec.safe_state().map_err(StepError::from)) {
         report.harness_errors.push(format!("safe state: {e}"));
+    }
+    // After the safe state: the board is quiet, the capture has everything it will get.
+    if let Some(e) = exec.capture_error() {
+        report
+            .harness_errors
+            .push(format!("capture incomplete: {e}"));
+        report.capture_error = Some(e);
     }
 
     let culprit = report
@@ -668,6 +676,7 @@ fn not_run_report(scenario: &Scenario, backend: &str, status: RunStatus) -> RunR
         ),
         triage: None,
         capture: None,
+        capture_error: None,
         harness_errors: Vec::new(),
     }
 }

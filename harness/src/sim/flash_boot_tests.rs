@@ -854,14 +854,22 @@ fn power_cut_during_flash_fires_after_the_nth_block_and_loses_its_reply() {
     let begin = Command::from_words(Op::FlashBegin, &[0x2000, 2, 0x1000, 0]);
     b.chip.on_rx(&begin.to_slip(), 115_200);
     assert_eq!(replies(&mut b).len(), 1);
-    b.chip
-        .on_rx(&Command::data(Op::FlashData, &[0x11; 0x1000], 0).to_slip(), 115_200);
+    b.chip.on_rx(
+        &Command::data(Op::FlashData, &[0x11; 0x1000], 0).to_slip(),
+        115_200,
+    );
     assert_eq!(replies(&mut b).len(), 1, "block 1 is answered");
-    b.chip
-        .on_rx(&Command::data(Op::FlashData, &[0x22; 0x1000], 1).to_slip(), 115_200);
+    b.chip.on_rx(
+        &Command::data(Op::FlashData, &[0x22; 0x1000], 1).to_slip(),
+        115_200,
+    );
     assert!(replies(&mut b).is_empty(), "the reply to block 2 is lost");
     assert!(b.status().starts_with("power=off"), "{}", b.status());
-    assert!(!b.status().contains("faults="), "fired once: {}", b.status());
+    assert!(
+        !b.status().contains("faults="),
+        "fired once: {}",
+        b.status()
+    );
     // Both blocks reached the flash before the power went.
     assert_eq!(b.chip.hw.flash.read_vec(0x1000, 4).unwrap(), [0x22; 4]);
 
@@ -881,7 +889,10 @@ fn rom_silent_never_answers_and_clears() {
     b.chip.hw.faults.rom_silent = true;
     b.chip.set_button(true);
     b.power_on();
-    assert!(b.read_at(74_880).contains("boot mode:(1,6)"), "the banner comes");
+    assert!(
+        b.read_at(74_880).contains("boot mode:(1,6)"),
+        "the banner comes"
+    );
     b.out.clear();
     for _ in 0..3 {
         b.chip.on_rx(&Command::sync().to_slip(), 115_200);

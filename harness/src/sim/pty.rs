@@ -85,7 +85,6 @@ impl Pty {
             slave: Arc::clone(&self.slave),
         }
     }
-
 }
 
 /// The serial cable between the board and the host: a pty while plugged, nothing while

@@ -344,7 +344,11 @@ fn port_unplug_hangs_up_the_client_and_plug_brings_a_new_pty_behind_the_same_nam
     let read_until = |port: &mut serialport::TTYPort, seen: &mut Vec<u8>, needle: &[u8]| {
         let deadline = Instant::now() + WAIT;
         while !seen.windows(needle.len()).any(|w| w == needle) {
-            assert!(Instant::now() < deadline, "{:?}", String::from_utf8_lossy(seen));
+            assert!(
+                Instant::now() < deadline,
+                "{:?}",
+                String::from_utf8_lossy(seen)
+            );
             let mut buf = [0u8; 256];
             match port.read(&mut buf) {
                 Ok(n) => seen.extend_from_slice(&buf[..n]),

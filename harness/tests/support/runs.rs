@@ -187,7 +187,8 @@ impl Run {
     /// The run's capture file in the run folder.
     pub fn capture(&self) -> PathBuf {
         let run = self.run_report();
-        self.folder.join(run["capture"].as_str().expect("a capture"))
+        self.folder
+            .join(run["capture"].as_str().expect("a capture"))
     }
 
     /// The checks every run gets: report.json complete, the run's triage present, and the
@@ -203,10 +204,8 @@ impl Run {
         let captured = std::fs::read(self.capture()).unwrap();
         let sent = std::fs::read(&self.tx_log).unwrap();
         assert_same_bytes(&captured, &sent);
-        let index = harness::capture::read_index(&harness::capture::index_path(
-            &self.capture(),
-        ))
-        .unwrap();
+        let index =
+            harness::capture::read_index(&harness::capture::index_path(&self.capture())).unwrap();
         assert!(
             matches!(index.last().map(|r| &r.event), Some(harness::capture::IndexEvent::Stop { bytes }) if *bytes == captured.len() as u64),
             "the index ends with the capture's stop record: {:?}",
@@ -320,11 +319,12 @@ impl SimProcess {
             format!(
                 "[[board]]\nname = \"{name}\"\nkind = \"{kind}\"\nbackend = \"virtual\"\n\
                  power_at_exit = \"{power_at_exit}\"\n[board.sim]\ncontrol = \"{}\"\npty = \"{}\"\n\
-                 http = \"{}\"\nota = \"{}\"\n",
+                 http = \"{}\"\nota = \"{}\"\ntime_scale = {}\n",
                 self.endpoints["control"],
                 self.endpoints["port"],
                 self.endpoints["http"],
                 self.endpoints["ota"],
+                self.endpoints["time-scale"],
             ),
         )
         .unwrap();
@@ -343,7 +343,11 @@ impl Drop for SimProcess {
 }
 
 /// Reads lines of a child's stdout until one starts with `prefix`; returns it.
-pub fn line_starting(out: &mut impl std::io::BufRead, prefix: &str, seen: &mut Vec<String>) -> String {
+pub fn line_starting(
+    out: &mut impl std::io::BufRead,
+    prefix: &str,
+    seen: &mut Vec<String>,
+) -> String {
     let mut line = String::new();
     loop {
         line.clear();
@@ -356,4 +360,12 @@ pub fn line_starting(out: &mut impl std::io::BufRead, prefix: &str, seen: &mut V
             return line.trim_end().to_string();
         }
     }
+}
+
+/// Text without white space and miette's `│` margins: miette wraps long lines (also inside
+/// paths, after a `-`), so messages are compared squashed.
+pub fn squash(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_whitespace() && *c != '│')
+        .collect()
 }
