@@ -62,7 +62,7 @@ pub const MAX_LINE: usize = 512;
 pub const READ_CHUNK: usize = 4096;
 /// Longest [`Capture::discard_input`] waits for the reader to take the driver's buffered bytes
 /// into the file.
-pub const DISCARD_WAIT: Duration = Duration::from_millis(200);
+pub const DISCARD_WAIT: Duration = Duration::from_secs(2);
 /// Bytes kept for [`Capture::read`] when nobody reads; older bytes are dropped from that queue
 /// (never from the file) and the loss is noted in the index.
 pub const RX_QUEUE_BYTES: usize = 1 << 20;

@@ -178,6 +178,12 @@ pub trait Executor {
     /// capture starts when it is made, so all of it belongs to one run.
     fn triage(&mut self, from: CaptureMark) -> Result<triage::Report, ExecError>;
 
+    /// The runner starts step `id` (`3`, `7.2.1`); an executor with a capture notes it there,
+    /// so the capture shows where each step began.
+    fn step_started(&mut self, id: &str, description: &str) {
+        let _ = (id, description);
+    }
+
     /// The file the raw capture is written to, if there is one.
     fn capture_path(&self) -> Option<PathBuf>;
 

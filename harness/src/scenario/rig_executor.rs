@@ -433,6 +433,15 @@ impl Executor for RigExecutor {
         Some(self.capture_file.clone())
     }
 
+    fn step_started(&mut self, id: &str, description: &str) {
+        let note = crate::capture::IndexEvent::Note {
+            text: format!("step {id}: {description}"),
+        };
+        if let Err(e) = self.rig.capture().note(note) {
+            tracing::warn!("capture note: {e}");
+        }
+    }
+
     fn capture_error(&self) -> Option<String> {
         self.rig.capture().write_error()
     }

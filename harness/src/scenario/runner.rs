@@ -308,6 +308,7 @@ impl Runner<'_, '_> {
         });
         let t0 = Instant::now();
         let result = guarded(|| {
+            self.exec.step_started(id, &description);
             if let Some(label) = &step.label {
                 let mark = self.exec.mark()?;
                 self.labels.insert(label.clone(), mark);
