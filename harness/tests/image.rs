@@ -610,9 +610,11 @@ fn fixtures_regenerate_byte_identical() {
         let out = Command::new(HARNESS).args(&args).output().unwrap();
         assert!(out.status.success(), "{line}: {}", stderr(&out));
         let want = std::fs::read(&target).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        // Small fixtures; the one exception is 128 KiB so that eboot's copy of it runs long
+        // enough for a scenario to cut it (fixtures/images/README.md).
         assert!(
-            want.len() <= 64 * 1024,
-            "{} is bigger than 64 KiB",
+            want.len() <= 128 * 1024,
+            "{} is bigger than 128 KiB",
             target.display()
         );
         assert!(

@@ -512,8 +512,14 @@ impl Capture {
 
     /// Turns the baud follower on again (it starts at the stage it was in).
     pub fn follow(&self) -> Result<(), CaptureError> {
+        let stage = lock(&self.shared.rec).follower.stage();
+        self.follow_at(stage)
+    }
+
+    /// Turns the baud follower on again at `stage` (its rate is set now).
+    pub fn follow_at(&self, stage: Stage) -> Result<(), CaptureError> {
         let mut rec = lock(&self.shared.rec);
-        if let Some(switch) = rec.follower.resume() {
+        if let Some(switch) = rec.follower.resume_at(stage) {
             self.shared
                 .switch_baud(&mut rec, None, switch.baud, switch.reason)?;
         }

@@ -158,10 +158,13 @@ impl RigExecutor {
 
     /// Waits until `accept` takes a line at or after `from` (it sees every such line once,
     /// in order), or `timeout` (real time) passes.
+    /// Waits for a line at or after `from` that `accept` takes. With `partial`, the line still
+    /// being received counts too: eboot's `@cp:` stays unfinished for as long as the copy runs.
     fn wait_lines(
         &mut self,
         from: CaptureMark,
         timeout: Duration,
+        partial: bool,
         mut accept: impl FnMut(&SeenLine) -> bool,
     ) -> Option<SeenLine> {
         self.drain();
@@ -175,6 +178,13 @@ impl RigExecutor {
                 if line.offset >= from.0 && accept(line) {
                     return Some(line.clone());
                 }
+            }
+            if partial
+                && let Some(p) = &self.store.pending
+                && p.offset >= from.0
+                && accept(p)
+            {
+                return Some(p.clone());
             }
             let left = deadline.checked_duration_since(Instant::now())?;
             match self.sub.recv_timeout(left) {
@@ -296,7 +306,7 @@ impl Executor for RigExecutor {
         let real = self.real(timeout);
         let any_state = LineMatcher::StateLine(IdentityWant::default());
         let mut banner_seen = false;
-        let found = self.wait_lines(from, real, |l| {
+        let found = self.wait_lines(from, real, false, |l| {
             if l.banner {
                 banner_seen = true;
                 false
@@ -326,7 +336,8 @@ impl Executor for RigExecutor {
     ) -> Result<LineWait, ExecError> {
         let real = self.real(timeout);
         let mut candidate = None;
-        let found = self.wait_lines(from, real, |l| {
+        let partial = matches!(matcher, LineMatcher::Contains(_));
+        let found = self.wait_lines(from, real, partial, |l| {
             if matcher.matches(&l.text) {
                 return true;
             }

@@ -586,9 +586,8 @@ fn run_chip(
     let mut floor = RateSwitchFloor::default();
     let mut flush = |chip: &mut Chip, clock: &mut Clock| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
-        let outputs = chip.take_output();
-        floor.before(&outputs, clock);
-        for o in outputs {
+        for o in chip.take_output() {
+            floor.before(&o, clock);
             let _ = out.send(pty::WriterMsg::Out(o));
         }
     };
@@ -674,14 +673,14 @@ struct RateSwitchFloor {
 }
 
 impl RateSwitchFloor {
-    fn before(&mut self, outputs: &[chip::Output], clock: &mut Clock) {
-        let mut rates = outputs.iter().filter_map(|o| match o {
-            chip::Output::Tx { baud, .. } => Some(*baud),
-            chip::Output::Delay { .. } => None,
-        });
-        let Some(first) = rates.next() else { return };
+    /// Called before each output is handed to the writer; one batch can hold both sides of a
+    /// switch (eboot's `ld` and the app's first line when the thread woke late).
+    fn before(&mut self, output: &chip::Output, clock: &mut Clock) {
+        let chip::Output::Tx { baud, .. } = output else {
+            return;
+        };
         if let Some((last_baud, at)) = self.last
-            && last_baud != first
+            && last_baud != *baud
             && clock.scale() < Clock::REALISTIC
         {
             let wait = (at + RATE_SWITCH_GAP).saturating_duration_since(Instant::now());
@@ -690,8 +689,7 @@ impl RateSwitchFloor {
                 clock.pause(wait);
             }
         }
-        let last = rates.next_back().unwrap_or(first);
-        self.last = Some((last, Instant::now()));
+        self.last = Some((*baud, Instant::now()));
     }
 }
 
