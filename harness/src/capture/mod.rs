@@ -516,9 +516,13 @@ impl Capture {
         self.follow_at(stage)
     }
 
-    /// Turns the baud follower on again at `stage` (its rate is set now).
+    /// Turns the baud follower on again at `stage` (its rate is set now). What was received
+    /// so far without a line end (a client's binary exchange, e.g. the ROM loader's SLIP
+    /// replies) is handed on as an unfinished line first, so the follower's first line starts
+    /// here and is not judged by bytes it never followed.
     pub fn follow_at(&self, stage: Stage) -> Result<(), CaptureError> {
         let mut rec = lock(&self.shared.rec);
+        self.shared.flush_partial(&mut rec, None);
         if let Some(switch) = rec.follower.resume_at(stage) {
             self.shared
                 .switch_baud(&mut rec, None, switch.baud, switch.reason)?;
