@@ -431,6 +431,7 @@ impl SimHandle {
         };
         let firmware = FirmwarePort::new(events_tx.clone(), Arc::clone(&net), clock, ports);
         let (reader_fd, writer_fd, probe) = pty.into_parts()?;
+        let follow_probe = probe.clone();
 
         let mut threads = Vec::new();
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
@@ -455,7 +456,7 @@ impl SimHandle {
             let epoch = Arc::clone(&epoch);
             threads.push(spawn(
                 "sim-chip",
-                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock)),
+                Box::new(move || run_chip(chip, events_rx, out_tx, epoch, clock, follow_probe)),
             )?);
         }
         {
@@ -582,8 +583,9 @@ fn run_chip(
     out: Sender<pty::WriterMsg>,
     epoch: Arc<AtomicU64>,
     mut clock: Clock,
+    host: pty::RateProbe,
 ) {
-    let mut floor = RateSwitchFloor::default();
+    let mut floor = RateSwitchFloor { last: None, host };
     let mut flush = |chip: &mut Chip, clock: &mut Clock| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
         for o in chip.take_output() {
@@ -655,21 +657,25 @@ fn run_chip(
     }
 }
 
-/// Least real time between the chip's last byte at one UART rate and its first at another.
+/// Longest real time the chip waits at a UART rate switch for the host to follow.
 ///
 /// On hardware about 100 ms pass between eboot's `ld` at 74880 baud and the app's first line at
 /// its own rate (SDK start-up), and as long between a restart announcement and the ROM banner.
 /// A fast device clock shrinks that to a few milliseconds, less than a host needs to see the
-/// line and switch its port. So when the chip changes rate, the chip thread waits for the rest
-/// of this gap and stops the device clock meanwhile: the board's timeline is unchanged, it only
-/// runs slower around rate switches.
-pub const RATE_SWITCH_GAP: Duration = Duration::from_millis(60);
+/// line and switch its port, more so on a loaded machine. So at the fast time scale, when the
+/// chip changes rate, the chip thread waits until the host's port is at the new rate (the pty
+/// shows it), for at most this long, and stops the device clock meanwhile: the board's timeline
+/// is unchanged, it only runs slower around rate switches. A host that does not follow gets
+/// garbage after the wait, as on hardware. With realistic timing there is no wait.
+pub const RATE_SWITCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Enforces [`RATE_SWITCH_GAP`] on the chip thread.
-#[derive(Debug, Default)]
+/// Makes the chip thread wait for the host at rate switches (see [`RATE_SWITCH_WAIT`]).
+#[derive(Debug)]
 struct RateSwitchFloor {
     /// Rate of the last transmitted bytes and when they were handed to the writer.
     last: Option<(u32, Instant)>,
+    /// The rate the host set on its end of the pty.
+    host: pty::RateProbe,
 }
 
 impl RateSwitchFloor {
@@ -683,11 +689,17 @@ impl RateSwitchFloor {
             && last_baud != *baud
             && clock.scale() < Clock::REALISTIC
         {
-            let wait = (at + RATE_SWITCH_GAP).saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-                clock.pause(wait);
+            let started = Instant::now();
+            let deadline = at + RATE_SWITCH_WAIT;
+            while Instant::now() < deadline
+                && !self
+                    .host
+                    .host_baud()
+                    .is_some_and(|host| uart::rates_match(*baud, host))
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
+            clock.pause(started.elapsed());
         }
         self.last = Some((*baud, Instant::now()));
     }
