@@ -46,6 +46,9 @@ pub(crate) mod boot;
 pub(crate) mod chip;
 pub mod control;
 pub mod flash_model;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod pty;
 pub(crate) mod regs;
 pub(crate) mod rom;

@@ -45,16 +45,16 @@ pub enum StubKind {
 }
 
 /// Identifies one esptool stub build by where esptool loads it.
-struct StubSignature {
-    kind: StubKind,
-    entry: u32,
-    text_start: u32,
-    text_len: usize,
+pub(super) struct StubSignature {
+    pub(super) kind: StubKind,
+    pub(super) entry: u32,
+    pub(super) text_start: u32,
+    pub(super) text_len: usize,
 }
 
 /// The stubs shipped with esptool 5.6.0 (`entry`, `text_start` and the decoded `text` length of
 /// `targets/stub_flasher/{2,1}/esp8266.json`).
-const KNOWN_STUBS: [StubSignature; 2] = [
+pub(super) const KNOWN_STUBS: [StubSignature; 2] = [
     StubSignature {
         kind: StubKind::Current,
         entry: 0x4010_C504,
