@@ -20,6 +20,9 @@ pub mod bootlog;
 pub mod capture;
 pub mod firmware;
 pub mod flash;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod ota;
 pub mod report;

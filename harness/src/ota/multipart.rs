@@ -177,12 +177,20 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, CodecErr
     Err(error(0, Problem::NoBoundary))
 }
 
-/// Browsers' escaping of names in `Content-Disposition` (WHATWG HTML, form submission):
-/// `"` and line breaks are percent-encoded. The device does not decode them.
-fn escape_quoted(s: &str) -> String {
-    s.replace('"', "%22")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+/// A field or file name as the builder writes it into `Content-Disposition`: browsers' escaping
+/// (WHATWG HTML, form submission: `"`, CR and LF percent-encoded), extended to every other ASCII
+/// control character, which a header value may not hold (RFC 9110 §5.5) and a parser rejects.
+/// The device does not decode the escapes.
+pub fn escape_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A file upload body: head, file bytes, tail.
@@ -207,8 +215,8 @@ impl FileUpload {
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n\
              Content-Type: application/octet-stream\r\n\r\n",
-            escape_quoted(field),
-            escape_quoted(filename)
+            escape_name(field),
+            escape_name(filename)
         );
         let tail = format!("\r\n--{boundary}--\r\n");
         Ok(FileUpload {
