@@ -29,4 +29,5 @@ pub mod report;
 pub mod rig;
 pub mod scenario;
 pub mod sim;
+mod toml_path;
 pub mod triage;

@@ -64,13 +64,12 @@ pub enum Problem {
     #[error("cannot read the scenario file")]
     Read(#[source] std::io::Error),
     /// TOML syntax, a wrong type, a missing or unknown key (toml's own message).
-    #[error("{message}")]
+    #[error("{}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Toml {
-        /// toml's message, without its location (which [`ScenarioError`] gives).
+        /// The dotted key (`step[1].flash.image`), when the position names one.
+        key: Option<String>,
+        /// toml's message, without its location and excerpt (which [`ScenarioError`] gives).
         message: String,
-        /// The parser error.
-        #[source]
-        source: toml::de::Error,
     },
     /// A `[[step]]` key that is no step kind.
     #[error("unknown step kind `{kind}` (valid step kinds: {valid})")]

@@ -158,8 +158,10 @@ pub(crate) fn validate(
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
         let span = e.span();
         let problem = Problem::Toml {
+            key: span
+                .as_ref()
+                .and_then(|s| crate::toml_path::key_at(text, s.start)),
             message: e.message().trim_end().to_string(),
-            source: e,
         };
         match span {
             Some(span) => ScenarioError::at(problem, &name, text, span),
