@@ -35,6 +35,13 @@ lp() { # bias, printf formats: each as a length byte (length - bias) and its byt
 
 # bootlog: the first two bytes seed the chunk sizes; a log's first two bytes serve as well.
 copy bootlog "$root"/fixtures/corpus/*.log "$root"/fixtures/seed/*.log
+# A line longer than the parser's 4096-byte line limit, between two boots.
+banner=' ets Jan  8 2013,rst cause:2, boot mode:(3,6)\r\n'
+{
+    printf '\x03\x00%b' "$banner"
+    head -c 6000 /dev/zero | tr '\0' '\376'
+    printf '\r\nets Jan  8 2013,rst cause:4, boot mode:(3,6)\r\nwdt reset\r\n'
+} >"$corpus/bootlog/seed-long-line"
 copy image "$root"/fixtures/images/*.bin
 copy scenario "$root"/scenarios/*.toml
 copy rig "$root"/scenarios/rigs/*.toml
