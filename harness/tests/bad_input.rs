@@ -61,13 +61,18 @@ fn truncated_and_garbage_captures_still_get_a_report() {
         ("banner cut mid-word", banner[..20].to_vec()),
         ("seed cut after one byte", seed[..1].to_vec()),
         ("seed cut in the middle", seed[..seed.len() / 2].to_vec()),
-        ("crash dump cut short", crash[..crash.len() * 2 / 3].to_vec()),
+        (
+            "crash dump cut short",
+            crash[..crash.len() * 2 / 3].to_vec(),
+        ),
         ("only NULs", vec![0; 5000]),
         ("only CRs", vec![b'\r'; 5000]),
         ("invalid UTF-8 without newline", vec![0xFF; 100_000]),
         (
             "line noise",
-            (0..50_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8).collect(),
+            (0..50_000u32)
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+                .collect(),
         ),
     ];
     // A multi-byte character cut in half at the end of the capture.
@@ -93,7 +98,7 @@ fn truncated_and_garbage_captures_still_get_a_report() {
         let (stdout, _) = expect(&out, 0, label);
         let v: serde_json::Value = serde_json::from_str(&stdout).expect("valid JSON");
         assert!(v["class"].is_string(), "{label}: {v}");
-        assert_eq!(v["total_lines"].as_u64().is_some(), true, "{label}: {v}");
+        assert!(v["total_lines"].as_u64().is_some(), "{label}: {v}");
     }
 }
 
@@ -176,7 +181,13 @@ fn every_header_field_corrupted_in_turn_is_named_with_its_offset() {
         );
         for mode in 4..=255u8 {
             let value = format!("unknown flash mode {mode:#04x}");
-            corrupt(dir, "flash mode", |b| b[base + 2] = mode, 2, &[&value, &at(2)]);
+            corrupt(
+                dir,
+                "flash mode",
+                |b| b[base + 2] = mode,
+                2,
+                &[&value, &at(2)],
+            );
         }
         for nibble in [0x7u8, 0xA, 0xB, 0xC, 0xD, 0xE, 0xF] {
             let value = format!("unknown flash size nibble {nibble:#x}");
@@ -190,15 +201,27 @@ fn every_header_field_corrupted_in_turn_is_named_with_its_offset() {
         }
         for entry in [0u32, 0xFFFF_FFFF, 0x4020_1010] {
             let value = format!("entry point {entry:#010x}");
-            let change = |b: &mut Vec<u8>| b[base + 4..base + 8].copy_from_slice(&entry.to_le_bytes());
-            corrupt(dir, "entry point", change, 1, &["entry-point", &value, &at(4)]);
+            let change =
+                |b: &mut Vec<u8>| b[base + 4..base + 8].copy_from_slice(&entry.to_le_bytes());
+            corrupt(
+                dir,
+                "entry point",
+                change,
+                1,
+                &["entry-point", &value, &at(4)],
+            );
         }
         corrupt(
             dir,
             "first segment longer than the file",
             |b| b[base + 12..base + 16].copy_from_slice(&0xFFFF_FFF0u32.to_le_bytes()),
             2,
-            &["segment 0", "header at ", &at(8), "declares 4294967280 bytes"],
+            &[
+                "segment 0",
+                "header at ",
+                &at(8),
+                "declares 4294967280 bytes",
+            ],
         );
     }
     // The checksum bytes: eboot's ends its image at 0x57f, the app's ends the file.
@@ -238,7 +261,9 @@ fn bad_scenario_files_name_file_line_and_key() {
     // Wrong type: line 5 is `power = 3`, the value at column 9.
     let e = check_scenario(dir, "\n[[step]]\npower = 3\n");
     assert!(
-        e.contains("bad.toml:6:9: key `step[0].power`: invalid type: integer `3`, expected a string"),
+        e.contains(
+            "bad.toml:6:9: key `step[0].power`: invalid type: integer `3`, expected a string"
+        ),
         "{e}"
     );
     // toml's own excerpt is not repeated under the message.
@@ -366,7 +391,11 @@ fn non_utf8_paths_work_and_are_shown_lossily() {
 
     // A capture.
     let capture = non_utf8_name(&dir, b"boot\xfe", "log");
-    std::fs::copy(repo_root().join("fixtures/seed/basic-attempt1.log"), &capture).unwrap();
+    std::fs::copy(
+        repo_root().join("fixtures/seed/basic-attempt1.log"),
+        &capture,
+    )
+    .unwrap();
     let out = harness(&[OsStr::new("triage"), capture.as_os_str()]);
     let (stdout, _) = expect(&out, 0, "triage of a non-UTF-8 path");
     assert!(stdout.contains(&shown(&capture)), "{stdout}");
@@ -416,7 +445,11 @@ fn non_utf8_paths_work_and_are_shown_lossily() {
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[0] = 0;
     std::fs::write(&image, bytes).unwrap();
-    let out = harness(&[OsStr::new("image"), OsStr::new("inspect"), image.as_os_str()]);
+    let out = harness(&[
+        OsStr::new("image"),
+        OsStr::new("inspect"),
+        image.as_os_str(),
+    ]);
     let (_, stderr) = expect(&out, 2, "corrupt image at a non-UTF-8 path");
     assert!(
         stderr.contains(&shown(&image)) && stderr.contains("bad magic"),
@@ -437,7 +470,11 @@ fn non_utf8_paths_work_and_are_shown_lossily() {
     .unwrap();
     let out = harness_in(
         tmp.path(),
-        &[OsStr::new("scenario"), OsStr::new("check"), scenario.as_os_str()],
+        &[
+            OsStr::new("scenario"),
+            OsStr::new("check"),
+            scenario.as_os_str(),
+        ],
     );
     let (stdout, _) = expect(&out, 0, "scenario check of a non-UTF-8 path");
     assert!(stdout.contains("odd-path"), "{stdout}");
@@ -445,7 +482,11 @@ fn non_utf8_paths_work_and_are_shown_lossily() {
     std::fs::write(&scenario, format!("{HEADER}[[step]]\npower = 3\n")).unwrap();
     let out = harness_in(
         tmp.path(),
-        &[OsStr::new("scenario"), OsStr::new("check"), scenario.as_os_str()],
+        &[
+            OsStr::new("scenario"),
+            OsStr::new("check"),
+            scenario.as_os_str(),
+        ],
     );
     let (_, stderr) = expect(&out, 2, "bad scenario at a non-UTF-8 path");
     assert!(

@@ -36,7 +36,12 @@ fn saved_crashes_no_longer_crash() {
         if !target_dir.is_dir() {
             continue;
         }
-        let target = target_dir.file_name().unwrap().to_str().unwrap().to_string();
+        let target = target_dir
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
         assert!(
             fuzzing::TARGETS.contains(&target.as_str()),
             "{} is named after no fuzz target",

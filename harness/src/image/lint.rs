@@ -9,11 +9,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::Image;
 use super::firmware::{AppChecksum, Firmware, Layout};
 use super::header::FlashSize;
 use super::identity::Ota;
 use super::segment::SegmentKind;
-use super::Image;
 use crate::board::{BoardProfile, Chip, FlashMode};
 
 /// Flash sector size: the unit of erase and of OTA staging.
@@ -664,17 +664,27 @@ mod tests {
             bad[at..at + 4].copy_from_slice(&entry.to_le_bytes());
             let lints = check(&parse_firmware(&bad).unwrap());
             // Besides the file's flash CRC, which covers the header bytes.
-            let entry_lints: Vec<_> = lints.iter().filter(|l| l.id == LintId::EntryPoint).collect();
+            let entry_lints: Vec<_> = lints
+                .iter()
+                .filter(|l| l.id == LintId::EntryPoint)
+                .collect();
             assert_eq!(entry_lints.len(), 1, "{entry:#x}: {lints:?}");
             assert_eq!(entry_lints[0].severity, Severity::Error);
             let want = format!("entry point {entry:#010x} at offset {at:#x}");
-            assert!(entry_lints[0].message.contains(&want), "{}", entry_lints[0].message);
+            assert!(
+                entry_lints[0].message.contains(&want),
+                "{}",
+                entry_lints[0].message
+            );
         }
         // The last byte of .text (2048 bytes at 0x40100000) is still inside.
         let mut edge = file.clone();
         edge[0x1004..0x1008].copy_from_slice(&0x4010_07FFu32.to_le_bytes());
         let lints = check(&parse_firmware(&edge).unwrap());
-        assert!(lints.iter().all(|l| l.id != LintId::EntryPoint), "{lints:?}");
+        assert!(
+            lints.iter().all(|l| l.id != LintId::EntryPoint),
+            "{lints:?}"
+        );
     }
 
     #[test]

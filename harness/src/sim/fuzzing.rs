@@ -54,8 +54,14 @@ impl FuzzChip {
             // MEM_BEGIN of the stub's text (left zero: the simulator recognises a stub by where
             // it is loaded), then MEM_END jumping to its entry.
             let words = [s.text_len as u32, 1, proto::RAM_BLOCK, s.text_start];
-            me.on_rx(&Command::from_words(Op::MemBegin, &words).to_slip(), SETUP_BAUD);
-            me.on_rx(&Command::from_words(Op::MemEnd, &[0, s.entry]).to_slip(), SETUP_BAUD);
+            me.on_rx(
+                &Command::from_words(Op::MemBegin, &words).to_slip(),
+                SETUP_BAUD,
+            );
+            me.on_rx(
+                &Command::from_words(Op::MemEnd, &[0, s.entry]).to_slip(),
+                SETUP_BAUD,
+            );
             assert_eq!(me.state(), "stub", "the stub upload must start the stub");
         }
         me.take_tx();

@@ -649,7 +649,10 @@ mod tests {
         let r = one(&mut c, &Command::data(Op::FlashData, &data, 0));
         assert_eq!(r.data, vec![0, 0]);
         // Addresses wrap at the flash size: the last sector, then sector 0, both erased first.
-        assert_eq!(c.hw.flash.read_vec(size - 0x1000, 0x1000).unwrap(), data[..0x1000]);
+        assert_eq!(
+            c.hw.flash.read_vec(size - 0x1000, 0x1000).unwrap(),
+            data[..0x1000]
+        );
         assert_eq!(c.hw.flash.read_vec(0, 0x1000).unwrap(), data[0x1000..]);
         let end = Command::from_words(Op::FlashEnd, &[1]);
         assert_eq!(one(&mut c, &end).data, vec![0, 0]);
