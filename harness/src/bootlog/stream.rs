@@ -3,7 +3,8 @@
 use super::{BootLog, Builder, line};
 
 /// Longest line buffered before it is handed on in pieces. Garbage at the wrong baud rate can
-/// run for megabytes without a newline; cutting it keeps memory constant.
+/// run for megabytes without a newline; cutting it keeps memory constant. The cuts fall every
+/// `MAX_LINE` bytes of a line, wherever the chunks end, so chunking never changes the result.
 pub const MAX_LINE: usize = 4096;
 
 /// A streaming boot-log parser: [`feed`](Parser::feed) it chunks, then [`finish`](Parser::finish).
@@ -12,7 +13,10 @@ pub const MAX_LINE: usize = 4096;
 /// use a bare `\r`), which keep the line's number.
 #[derive(Debug, Default)]
 pub struct Parser {
+    /// The current line's bytes since its start or its last cut; always < `MAX_LINE`.
     partial: Vec<u8>,
+    /// Whether the current line was already cut (handed on in part).
+    cut: bool,
     line_no: u64,
     bytes: u64,
     builder: Builder,
@@ -31,38 +35,45 @@ impl Parser {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         self.bytes += bytes.len() as u64;
         while !bytes.is_empty() {
-            match memchr::memchr(b'\n', bytes) {
+            // The line may take this many more bytes before it is cut.
+            let room = MAX_LINE - self.partial.len();
+            let window = &bytes[..bytes.len().min(room)];
+            match memchr::memchr(b'\n', window) {
                 Some(pos) => {
-                    let (line, rest) = (&bytes[..pos], &bytes[pos + 1..]);
-                    if self.partial.is_empty() {
-                        self.line(line);
-                    } else {
-                        let mut buf = std::mem::take(&mut self.partial);
-                        buf.extend_from_slice(line);
-                        self.line(&buf);
-                        buf.clear();
-                        self.partial = buf;
-                    }
+                    self.piece(&window[..pos]);
                     self.line_no += 1;
-                    bytes = rest;
+                    self.cut = false;
+                    bytes = &bytes[pos + 1..];
+                }
+                None if window.len() == room => {
+                    self.piece(window);
+                    self.cut = true;
+                    bytes = &bytes[room..];
                 }
                 None => {
-                    self.partial.extend_from_slice(bytes);
-                    if self.partial.len() > MAX_LINE {
-                        let buf = std::mem::take(&mut self.partial);
-                        self.line(&buf);
-                        self.partial = buf;
-                        self.partial.clear();
-                    }
+                    self.partial.extend_from_slice(window);
                     bytes = &[];
                 }
             }
         }
     }
 
+    /// Hands on the buffered part of the line followed by `tail`.
+    fn piece(&mut self, tail: &[u8]) {
+        if self.partial.is_empty() {
+            self.line(tail);
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(tail);
+            self.line(&buf);
+            buf.clear();
+            self.partial = buf;
+        }
+    }
+
     /// Ends the capture and returns the parsed log.
     pub fn finish(mut self) -> BootLog {
-        if !self.partial.is_empty() {
+        if !self.partial.is_empty() || self.cut {
             let buf = std::mem::take(&mut self.partial);
             self.line(&buf);
             self.line_no += 1;
