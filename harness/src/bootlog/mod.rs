@@ -503,7 +503,10 @@ mod tests {
             })
             .collect();
         assert_eq!(garbage, [(2, 4096), (2, 1904)]);
-        assert_eq!(whole.totals.lines, 4, "a last line of exactly MAX_LINE bytes counts");
+        assert_eq!(
+            whole.totals.lines, 4,
+            "a last line of exactly MAX_LINE bytes counts"
+        );
         for size in [1, 7, 3000, 4095, 4097, 5000] {
             let mut p = Parser::new();
             for chunk in capture.chunks(size) {

@@ -138,6 +138,16 @@ pub enum Problem {
         /// Declared parameters, comma-separated.
         known: String,
     },
+    /// Boards × matrix values give more runs than one file may have.
+    #[error("{boards} boards × the [params] matrix make {runs} runs, more than {max}")]
+    TooManyRuns {
+        /// Boards of the file.
+        boards: usize,
+        /// The runs it would make (saturating).
+        runs: usize,
+        /// [`MAX_RUNS`](crate::scenario::model::MAX_RUNS).
+        max: usize,
+    },
     /// A `--param` that is not `name=value`.
     #[error("`--param {text}` is not `name=value`")]
     BadOverride {
@@ -262,6 +272,7 @@ impl Problem {
             Problem::UnclosedPlaceholder { .. } => "harness::scenario::unclosed_placeholder",
             Problem::UnknownOverride { .. } => "harness::scenario::unknown_override",
             Problem::BadOverride { .. } => "harness::scenario::bad_override",
+            Problem::TooManyRuns { .. } => "harness::scenario::too_many_runs",
             Problem::MissingImage { .. } => "harness::scenario::missing_image",
             Problem::UnreadableImage { .. } => "harness::scenario::unreadable_image",
             Problem::BadImage { .. } => "harness::scenario::bad_image",
@@ -299,6 +310,9 @@ impl Problem {
                     "add \"{capability}\" to `requires` so that rigs without it skip the scenario"
                 )
             }
+            Problem::TooManyRuns { .. } => "split the matrix over several scenario files, or \
+                 fix a parameter with `--param name=value`"
+                .to_string(),
             Problem::UnknownLabel { .. } => {
                 "give the step to measure from a `label = \"...\"`".to_string()
             }
