@@ -65,3 +65,11 @@ fn multipart_names_with_control_characters_round_trip() {
     fuzzing::multipart_roundtrip("\u{1a}", "", "4", 68, 1, b"");
     fuzzing::multipart_roundtrip("a\tb\u{7f}", "x\u{0}y.bin", "B", 3, 2, b"\xe9\x01");
 }
+
+#[test]
+fn multipart_names_ending_in_a_backslash_round_trip() {
+    // Found by multipart_roundtrip: `name="\"` was read as an escaped quote, so the name ran on
+    // into the filename parameter; the builder now percent-encodes backslashes.
+    fuzzing::multipart_roundtrip("\\", "", "4", 1, 1, b"");
+    fuzzing::multipart_roundtrip("x\\", "dir\\fw.bin", "----b", 7, 3, b"\xe9");
+}
