@@ -54,6 +54,7 @@ put flash_slip escapes '\x85\xc0\x00\x03\x04\x00\x00\x00\x00\x00\xdb\xdc\xdb\xdd
 flash_begin='\xc0\x00\x02\x10\x00\x00\x00\x00\x00\x00\x10\x00\x00\x01\x00\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\xc0'
 # sim_loader: a knob byte (board, start, baud), then length-prefixed reads.
 put sim_loader rom-sync "\x00$(lp 1 "$sync")"
+put sim_loader rom-flash-begin "\x02$(lp 1 "$flash_begin")"
 put sim_loader stub-flash-begin "\x04$(lp 1 "$flash_begin")"
 put sim_loader legacy-flash-begin "\x06$(lp 1 "$flash_begin")"
 md5=0123456789abcdef0123456789abcdef
