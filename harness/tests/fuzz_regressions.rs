@@ -73,3 +73,17 @@ fn multipart_names_ending_in_a_backslash_round_trip() {
     fuzzing::multipart_roundtrip("\\", "", "4", 1, 1, b"");
     fuzzing::multipart_roundtrip("x\\", "dir\\fw.bin", "----b", 7, 3, b"\xe9");
 }
+
+#[test]
+fn multipart_boundaries_with_leading_spaces_round_trip() {
+    // Found by multipart_roundtrip: the unquoted `boundary=  jjjjjjjjjjj` was trimmed by the
+    // reader of the Content-Type; the builder now quotes such boundaries.
+    fuzzing::multipart_roundtrip(
+        "        e\0\0\0    ",
+        "  ",
+        "  jjjjjjjjjjj",
+        27243,
+        27243,
+        b"",
+    );
+}

@@ -233,9 +233,19 @@ impl FileUpload {
         &self.boundary
     }
 
-    /// The request's `Content-Type` header value.
+    /// The request's `Content-Type` header value. The boundary is quoted when it has characters
+    /// a bare parameter value may not (RFC 2046 §5.1.1: space, `(`, `)`, `,`, `/`, `:`, `=`,
+    /// `?`); unquoted, a reader would cut or trim it.
     pub fn content_type(&self) -> String {
-        format!("multipart/form-data; boundary={}", self.boundary)
+        let token = self
+            .boundary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"'+-._".contains(&b));
+        if token {
+            format!("multipart/form-data; boundary={}", self.boundary)
+        } else {
+            format!("multipart/form-data; boundary=\"{}\"", self.boundary)
+        }
     }
 
     /// The request's `Content-Length`: head + file + tail.
@@ -629,6 +639,31 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn boundaries_with_spaces_or_separators_are_quoted_in_the_content_type() {
+        // Found by fuzzing (multipart_roundtrip): `boundary=  jjj` was trimmed by the reader,
+        // which then never found the opening boundary.
+        for (boundary, content_type) in [
+            (B, format!("multipart/form-data; boundary={B}")),
+            (
+                "  jjj",
+                "multipart/form-data; boundary=\"  jjj\"".to_string(),
+            ),
+            (
+                "a=b?c",
+                "multipart/form-data; boundary=\"a=b?c\"".to_string(),
+            ),
+        ] {
+            let up = FileUpload::new("firmware", "fw.bin", 1, boundary).unwrap();
+            assert_eq!(up.content_type(), content_type);
+            assert_eq!(boundary_from_content_type(&content_type).unwrap(), boundary);
+            let body: Vec<u8> = up.chunks(b"z", 1).unwrap().flatten().copied().collect();
+            let mut p = Parser::from_content_type(&content_type).unwrap();
+            assert!(p.feed(&body).unwrap().contains(&Event::End));
+            p.finish().unwrap();
+        }
     }
 
     #[test]
