@@ -90,9 +90,4 @@ impl FuzzChip {
     pub fn state(&self) -> &'static str {
         self.chip.status().state
     }
-
-    /// The chip's UART transmit rate.
-    pub fn tx_baud(&self) -> u32 {
-        self.chip.status().uart_tx
-    }
 }
