@@ -9,9 +9,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::Image;
 use super::firmware::{AppChecksum, Firmware, Layout};
 use super::header::FlashSize;
 use super::identity::Ota;
+use super::segment::SegmentKind;
 use crate::board::{BoardProfile, Chip, FlashMode};
 
 /// Flash sector size: the unit of erase and of OTA staging.
@@ -40,6 +42,8 @@ pub enum LintId {
     FlashCrc,
     /// eboot's and the app's headers disagree on flash mode, size or frequency.
     HeaderMismatch,
+    /// A header's entry point is not inside a segment loaded to IRAM.
+    EntryPoint,
     /// The header claims more flash than the board has.
     FlashSizeTooBig,
     /// The header claims less flash than the board has.
@@ -58,11 +62,12 @@ pub enum LintId {
 
 impl LintId {
     /// Every rule, in the order [`lint`] runs them.
-    pub const ALL: [LintId; 11] = [
+    pub const ALL: [LintId; 12] = [
         LintId::BootChecksum,
         LintId::AppChecksum,
         LintId::FlashCrc,
         LintId::HeaderMismatch,
+        LintId::EntryPoint,
         LintId::FlashSizeTooBig,
         LintId::FlashSizeSmaller,
         LintId::FlashModeUnsupported,
@@ -84,6 +89,7 @@ impl LintId {
             LintId::AppChecksum => "app-checksum",
             LintId::FlashCrc => "flash-crc",
             LintId::HeaderMismatch => "header-mismatch",
+            LintId::EntryPoint => "entry-point",
             LintId::FlashSizeTooBig => "flash-size-too-big",
             LintId::FlashSizeSmaller => "flash-size-smaller",
             LintId::FlashModeUnsupported => "flash-mode-unsupported",
@@ -180,7 +186,34 @@ pub fn check(fw: &Firmware) -> Vec<Lint> {
             ));
         }
     }
+    for img in fw.eboot().into_iter().chain([fw.app()]) {
+        lint_entry(&mut out, img);
+    }
     out
+}
+
+/// The ROM (eboot, for the app) jumps to the header's entry point once the segments are loaded;
+/// code runs from IRAM only (flash-mapped code needs the cache, which nothing has set up yet).
+fn lint_entry(out: &mut Vec<Lint>, img: &Image) {
+    let entry = img.header().entry();
+    let in_code = img.segments().iter().any(|s| {
+        matches!(s.kind(), SegmentKind::Iram | SegmentKind::Eboot)
+            && entry >= s.addr()
+            && entry - s.addr() < s.len()
+    });
+    if !in_code {
+        out.push(Lint::new(
+            LintId::EntryPoint,
+            Severity::Error,
+            format!(
+                "entry point {entry:#010x} at offset {:#x} is not inside any segment the image                  loads to IRAM: the {} would jump into code that is not there",
+                img.offset() + 4,
+                if img.offset() == 0 { "ROM" } else { "bootloader" }
+            ),
+            "the header is corrupt, or the image was not made by elf2bin / esptool elf2image: \
+             rebuild it",
+        ));
+    }
 }
 
 /// All checks: [`check`] plus flash size, flash mode and OTA space against `board`.
@@ -621,6 +654,37 @@ mod tests {
         let f = parse_firmware(&file).unwrap();
         assert_eq!(lint(&f, board::find("sonoff-4ch").unwrap()), vec![]);
         assert_eq!(lint(&f, board::find("sonoff-basic").unwrap()), vec![]);
+    }
+
+    #[test]
+    fn entry_point_outside_iram_segments_is_an_error() {
+        let file = fw(Ota::Webserver, 64 * 1024, FlashSize::M1, FlashMode::Dout);
+        for (at, entry) in [(4usize, 0u32), (0x1004, 0x4020_1010), (0x1004, 0x4010_0800)] {
+            let mut bad = file.clone();
+            bad[at..at + 4].copy_from_slice(&entry.to_le_bytes());
+            let lints = check(&parse_firmware(&bad).unwrap());
+            // Besides the file's flash CRC, which covers the header bytes.
+            let entry_lints: Vec<_> = lints
+                .iter()
+                .filter(|l| l.id == LintId::EntryPoint)
+                .collect();
+            assert_eq!(entry_lints.len(), 1, "{entry:#x}: {lints:?}");
+            assert_eq!(entry_lints[0].severity, Severity::Error);
+            let want = format!("entry point {entry:#010x} at offset {at:#x}");
+            assert!(
+                entry_lints[0].message.contains(&want),
+                "{}",
+                entry_lints[0].message
+            );
+        }
+        // The last byte of .text (2048 bytes at 0x40100000) is still inside.
+        let mut edge = file.clone();
+        edge[0x1004..0x1008].copy_from_slice(&0x4010_07FFu32.to_le_bytes());
+        let lints = check(&parse_firmware(&edge).unwrap());
+        assert!(
+            lints.iter().all(|l| l.id != LintId::EntryPoint),
+            "{lints:?}"
+        );
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub(crate) mod eboot;
 #[cfg(test)]
 mod flash_boot_tests;
 pub mod flash_model;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub(crate) mod ota_espota;
 pub(crate) mod ota_http;
