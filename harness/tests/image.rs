@@ -738,3 +738,23 @@ proptest! {
         }
     }
 }
+
+/// esptool agrees with the parser on every fixture image the tests and scenarios use, at 0x0
+/// (eboot) and at 0x1000 (the app).
+#[test]
+fn esptool_agrees_on_every_fixture_image() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "bin") {
+            continue;
+        }
+        let file = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_agrees_with_esptool(&file, &format!("{name} at 0x0"));
+        assert_agrees_with_esptool(&file[0x1000..], &format!("{name} app"));
+        seen += 1;
+    }
+    assert!(seen >= 12, "only {seen} fixture images");
+}
