@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use harness::board::FlashMode;
-use harness::image::{self, BuildSpec, FlashFreq, FlashSize, Identity, ImageError, Ota};
+use harness::firmware::OtaMethod;
+use harness::image::{self, BuildSpec, FlashFreq, FlashSize, Identity, ImageError};
 use proptest::prelude::*;
 
 const HARNESS: &str = env!("CARGO_BIN_EXE_harness");
@@ -643,7 +644,7 @@ fn fixtures_regenerate_byte_identical() {
 // Never panic
 
 fn small_valid_image() -> Vec<u8> {
-    let identity = Identity::new("p", "1", Ota::Arduino, None).unwrap();
+    let identity = Identity::new("p", "1", OtaMethod::Arduino, None).unwrap();
     let size = image::build::min_size(&identity);
     image::build(&BuildSpec {
         identity,

@@ -135,14 +135,6 @@ pub enum ImageError {
         name: String,
     },
 
-    /// An OTA method name that is neither `arduino` nor `webserver`.
-    #[error("unknown OTA method `{name}` (known: arduino, webserver)")]
-    #[diagnostic(code(harness::image::unknown_ota))]
-    UnknownOta {
-        /// The name given.
-        name: String,
-    },
-
     /// A flash size or frequency name that esptool would not accept.
     #[error("unknown flash {what} `{name}` (known: {known})")]
     #[diagnostic(code(harness::image::unknown_flash_param))]
