@@ -20,10 +20,14 @@ pub mod bootlog;
 pub mod capture;
 pub mod firmware;
 pub mod flash;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod image;
 pub mod ota;
 pub mod report;
 pub mod rig;
 pub mod scenario;
 pub mod sim;
+mod toml_path;
 pub mod triage;

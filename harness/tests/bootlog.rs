@@ -155,9 +155,9 @@ fn megabytes_of_noise_without_newline_stay_bounded() {
 
 #[test]
 fn chunks_cut_long_lines_where_feeding_does() {
-    // A line of 10 000 bytes read 3 000 at a time is handed on in pieces at the reads that
-    // take it over `MAX_LINE`; the chunk API must cut it at the same places, and keep the
-    // pieces on one line number.
+    // A line of 10 000 bytes is handed on in pieces every `MAX_LINE` bytes of the line,
+    // whatever the reads; the chunk API must cut it at the same places, and keep the pieces on
+    // one line number.
     let mut bytes = b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\n".to_vec();
     bytes.extend(std::iter::repeat_n(0x80, 10_000));
     bytes.extend_from_slice(b"\nld\nunterminated last line");
@@ -174,8 +174,13 @@ fn chunks_cut_long_lines_where_feeding_does() {
             .filter(|r| r.line == 2)
             .count()
     };
-    assert_eq!(pieces(&[3000]), 2, "cut after 6000 bytes, then the rest");
-    assert_eq!(pieces(&[20_000]), 1);
+    for reads in [[3000], [1], [4097], [20_000]] {
+        assert_eq!(
+            pieces(&reads),
+            3,
+            "4096 + 4096 + 1808 bytes, reads of {reads:?}"
+        );
+    }
 }
 
 #[test]

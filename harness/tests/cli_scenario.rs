@@ -449,3 +449,48 @@ fn run_rejects_bad_input_before_anything_runs() {
     );
     assert!(!tmp.path().join("runs").exists());
 }
+
+/// Every scenario in `scenarios/` passes on the built-in virtual rig, and the run folder's JUnit
+/// file is well-formed JUnit (one testcase per run, none failed).
+#[test]
+fn every_scenario_in_the_repository_passes_on_the_virtual_rig() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(repo_root().join("scenarios"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    assert!(files.len() >= 8, "{files:?}");
+    let out_dir = tmp.path().join("out");
+    let mut args = vec!["scenario", "run"];
+    args.extend(files.iter().map(String::as_str));
+    args.extend(["--out", out_dir.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .current_dir(repo_root())
+        .args(&args)
+        // The password built into the `-pw` fixture images (fixtures/images/README.md).
+        .env("HIL_OTA_PASSWORD", "hil-test")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report = json(&out_dir.join("report.json"));
+    assert_eq!(report["complete"], true);
+    assert_eq!(report["counts"]["fail"], 0, "{report}");
+    assert_eq!(report["counts"]["error"], 0, "{report}");
+    assert_eq!(report["counts"]["skipped"], 0, "{report}");
+    let runs = report["runs"].as_array().unwrap().len();
+    let junit = std::fs::read_to_string(out_dir.join("junit.xml")).unwrap();
+    let parsed = quick_junit::Report::deserialize_from_str(&junit).unwrap();
+    assert_eq!(
+        (parsed.tests as usize, parsed.failures, parsed.errors),
+        (runs, 0, 0)
+    );
+}

@@ -31,18 +31,54 @@ fn power_cut_during_the_eboot_copy_at_several_sectors() {
     let old_boots = "\r\n~ld\r\n\r\nHILFW app=sonoff-ota version=1.0.0";
     let crash_loop = "Exception (3):";
     let rom_stops = "ets_main.c";
-    for (kind, cut, after) in [
+    let no_segments = "~ld\r\ne:2\r\n";
+    // The same-sized 64 KiB 2.0.0: its segment headers fit the old layout, so a half copy
+    // loads and crashes.
+    let same_size = scenario.replace(
+        "sonoff-ota-2.0.0-webserver-256k.bin",
+        "sonoff-ota-2.0.0-webserver.bin",
+    );
+    for (kind, cut, after, scenario) in [
         // Nothing erased yet: the old app is intact and boots.
-        ("sonoff-basic", "power-cut-during-copy 0", old_boots),
+        (
+            "sonoff-basic",
+            "power-cut-during-copy 0",
+            old_boots,
+            &scenario,
+        ),
         // eboot's own sector erased: the ROM finds no boot loader.
-        ("sonoff-4ch", "power-cut-during-copy 0 erased", rom_stops),
-        // Half new, half old: the app crashes at every boot.
-        ("sonoff-basic", "power-cut-during-copy 7", crash_loop),
-        // All but the last sector (the one with the app's checksum).
-        ("sonoff-4ch", "power-cut-during-copy 15", crash_loop),
+        (
+            "sonoff-4ch",
+            "power-cut-during-copy 0 erased",
+            rom_stops,
+            &scenario,
+        ),
+        // The 256 KiB image's first sectors over the 64 KiB one: eboot reads a segment header
+        // that points into old code (`e:2`) and resets the core; the ROM then stops.
+        (
+            "sonoff-basic",
+            "power-cut-during-copy 7",
+            no_segments,
+            &scenario,
+        ),
+        // All but the last of its 64 sectors: the same.
+        (
+            "sonoff-4ch",
+            "power-cut-during-copy 63",
+            no_segments,
+            &scenario,
+        ),
+        // Half of the same-sized image: the app loads, its checksum is wrong, it crashes at
+        // every boot.
+        (
+            "sonoff-basic",
+            "power-cut-during-copy 8",
+            crash_loop,
+            &same_size,
+        ),
     ] {
         let mut bench = Bench::new(kind);
-        let run = bench.run(&scenario, &[cut], &[]);
+        let run = bench.run(scenario, &[cut], &[]);
         assert_eq!(run.out.status.code(), Some(0), "{cut}: {}", run.said());
         run.assert_complete_and_lossless();
         let capture = runs::text(&std::fs::read(run.capture()).unwrap());

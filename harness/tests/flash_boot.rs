@@ -5,8 +5,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use harness::firmware::OtaMethod;
 use harness::flash::{self, FlashOptions, Verification, flash_board};
-use harness::image::{Identity, Ota};
+use harness::image::Identity;
 use harness::rig::{self, OpenOptions, Rig, RigConfig, SimClient};
 
 fn harness() -> &'static str {
@@ -169,7 +170,9 @@ fn soft_reset_boots_the_image_but_leaves_download_mode_latched() {
     let report = flash_board(&mut rig, &image, &opts, &mut |_| {}).unwrap();
     assert_eq!(
         report.verification,
-        Verification::Identity(Identity::new("sonoff-ota", "1.0.0", Ota::Arduino, None).unwrap())
+        Verification::Identity(
+            Identity::new("sonoff-ota", "1.0.0", OtaMethod::Arduino, None).unwrap()
+        )
     );
     let status = SimClient::connect(&control).unwrap().status().unwrap();
     assert_eq!(status["soft_started"], "yes", "{status:?}");

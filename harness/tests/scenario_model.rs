@@ -256,6 +256,42 @@ ota = { method = "{method}", image = "fixtures/images/sonoff-ota-{version}-{meth
 }
 
 #[test]
+fn a_matrix_of_millions_of_runs_is_refused_before_it_is_built() {
+    // Six ten-value arrays on one board: a million runs from a 400-byte file (it used to be
+    // built in full, and ran the harness out of memory).
+    let ten = "[\"1\",\"2\",\"3\",\"4\",\"5\",\"6\",\"7\",\"8\",\"9\",\"10\"]";
+    let mut text = format!("{HEAD}\n[params]\n");
+    for k in ["a", "b", "c", "d", "e"] {
+        text.push_str(&format!("{k} = {ten}\n"));
+    }
+    text.push_str(
+        "f = [\"x\", \"y\", \"z\", \"w\", \"v\", \"u\", \"t\", \"s\", \"r\", \"q\", \"p\"]\n",
+    );
+    text.push_str("\n[[step]]\nwait = \"1s\"\n");
+    let e = error_at(&text, line_of(&text, "f = "));
+    assert!(
+        e.to_string()
+            .ends_with("1 boards × the [params] matrix make 1100000 runs, more than 1024"),
+        "{e}"
+    );
+    assert!(matches!(
+        e.problem(),
+        Problem::TooManyRuns {
+            runs: 1_100_000,
+            ..
+        }
+    ));
+    // Fixing parameters on the command line brings it under the limit.
+    let ok = parse_with(&text, &[("a", "1"), ("b", "1"), ("c", "1"), ("d", "1")]).unwrap();
+    assert_eq!(ok.runs.len(), 110);
+    let e = parse_with(&text, &[("a", "1"), ("b", "1"), ("c", "1")]).unwrap_err();
+    assert!(matches!(
+        e.problem(),
+        Problem::TooManyRuns { runs: 1100, .. }
+    ));
+}
+
+#[test]
 fn unknown_override_names_the_parameter() {
     let text = with_steps("[params]\na = \"1\"\n[[step]]\nwait = \"1s\"\n");
     let e = parse_with(&text, &[("nope", "x")]).unwrap_err();

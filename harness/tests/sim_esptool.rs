@@ -600,3 +600,44 @@ fn measure_1mb_write() {
         sim.stop();
     }
 }
+
+/// A whole 1 MB image, the board's full flash: written by the ROM without the stub, then with
+/// the stub (compressed), verified and read back.
+#[test]
+fn a_full_1mb_image_with_and_without_the_stub() {
+    let sim = Sim::start("sonoff-basic", &[]);
+    let work = tempfile::tempdir().unwrap();
+    let image = test_image(1 << 20, 7);
+    let path = write_file(work.path(), "image.bin", &image);
+    let path = path.to_str().unwrap();
+
+    let out = sim.esptool(&["--no-stub", "write-flash", "--no-compress", "0x0", path]);
+    assert!(out.contains("Wrote 1048576 bytes at 0x00000000"), "{out}");
+    assert!(
+        flash_contents(&sim) == image,
+        "the ROM wrote the whole flash"
+    );
+
+    // Another image over it through the stub, so the check sees the stub's work, not the ROM's.
+    let image = test_image(1 << 20, 8);
+    let path = write_file(work.path(), "image2.bin", &image);
+    let path = path.to_str().unwrap();
+    let out = sim.esptool(&["write-flash", "0x0", path]);
+    assert!(out.contains("Hash of data verified."), "{out}");
+    let out = sim.esptool(&["verify-flash", "0x0", path]);
+    assert!(
+        out.contains("Verification successful (digest matched)."),
+        "{out}"
+    );
+    let back = work.path().join("back.bin");
+    sim.esptool(&["read-flash", "0x0", "0x100000", back.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&back).unwrap() == image,
+        "read-flash returns it"
+    );
+    assert!(
+        flash_contents(&sim) == image,
+        "the stub wrote the whole flash"
+    );
+    sim.stop();
+}

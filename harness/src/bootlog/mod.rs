@@ -549,6 +549,36 @@ mod tests {
     }
 
     #[test]
+    fn long_lines_are_cut_at_the_same_places_whatever_the_chunks() {
+        // Found by fuzzing (fixtures/fuzz-regressions/bootlog): fed at once, a 6000-byte line
+        // was one piece; fed in chunks, it was cut where the buffer first passed 4096 bytes.
+        let mut capture = b"ets Jan  8 2013,rst cause:2, boot mode:(3,6)\r\n".to_vec();
+        capture.extend(std::iter::repeat_n(0xFE, 6000));
+        capture.extend_from_slice(b"\r\nwdt reset\r\n");
+        capture.extend(std::iter::repeat_n(b'x', stream::MAX_LINE));
+        let whole = parse(&capture);
+        let garbage: Vec<_> = whole
+            .records()
+            .filter_map(|r| match r.event {
+                Event::Garbage { bytes } => Some((r.line, bytes)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(garbage, [(2, 4096), (2, 1904)]);
+        assert_eq!(
+            whole.totals.lines, 4,
+            "a last line of exactly MAX_LINE bytes counts"
+        );
+        for size in [1, 7, 3000, 4095, 4097, 5000] {
+            let mut p = Parser::new();
+            for chunk in capture.chunks(size) {
+                p.feed(chunk);
+            }
+            assert_eq!(p.finish(), whole, "chunk size {size}");
+        }
+    }
+
+    #[test]
     fn text_before_first_banner_is_boot_zero() {
         let log = parse(b"hello\nets Jan  8 2013,rst cause:2, boot mode:(3,6)\n");
         assert_eq!(log.boots.len(), 2);

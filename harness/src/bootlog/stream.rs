@@ -5,7 +5,8 @@ use std::ops::Range;
 use super::{BOOTS_TAIL, BootLog, Builder, Event, Totals, line};
 
 /// Longest line buffered before it is handed on in pieces. Garbage at the wrong baud rate can
-/// run for megabytes without a newline; cutting it keeps memory constant.
+/// run for megabytes without a newline; cutting it keeps memory constant. The cuts fall every
+/// `MAX_LINE` bytes of a line, wherever the chunks end, so chunking never changes the result.
 pub const MAX_LINE: usize = 4096;
 
 /// A streaming boot-log parser: [`feed`](Parser::feed) it chunks, then [`finish`](Parser::finish).
@@ -14,7 +15,10 @@ pub const MAX_LINE: usize = 4096;
 /// use a bare `\r`), which keep the line's number.
 #[derive(Debug, Default)]
 pub struct Parser {
+    /// The current line's bytes since its start or its last cut; always < `MAX_LINE`.
     partial: Vec<u8>,
+    /// Whether the current line was already cut (handed on in part).
+    cut: bool,
     line_no: u64,
     bytes: u64,
     builder: Builder,
@@ -33,38 +37,45 @@ impl Parser {
     pub fn feed(&mut self, mut bytes: &[u8]) {
         self.bytes += bytes.len() as u64;
         while !bytes.is_empty() {
-            match memchr::memchr(b'\n', bytes) {
+            // The line may take this many more bytes before it is cut.
+            let room = MAX_LINE - self.partial.len();
+            let window = &bytes[..bytes.len().min(room)];
+            match memchr::memchr(b'\n', window) {
                 Some(pos) => {
-                    let (line, rest) = (&bytes[..pos], &bytes[pos + 1..]);
-                    if self.partial.is_empty() {
-                        self.line(line);
-                    } else {
-                        let mut buf = std::mem::take(&mut self.partial);
-                        buf.extend_from_slice(line);
-                        self.line(&buf);
-                        buf.clear();
-                        self.partial = buf;
-                    }
+                    self.piece(&window[..pos]);
                     self.line_no += 1;
-                    bytes = rest;
+                    self.cut = false;
+                    bytes = &bytes[pos + 1..];
+                }
+                None if window.len() == room => {
+                    self.piece(window);
+                    self.cut = true;
+                    bytes = &bytes[room..];
                 }
                 None => {
-                    self.partial.extend_from_slice(bytes);
-                    if self.partial.len() > MAX_LINE {
-                        let buf = std::mem::take(&mut self.partial);
-                        self.line(&buf);
-                        self.partial = buf;
-                        self.partial.clear();
-                    }
+                    self.partial.extend_from_slice(window);
                     bytes = &[];
                 }
             }
         }
     }
 
+    /// Hands on the buffered part of the line followed by `tail`.
+    fn piece(&mut self, tail: &[u8]) {
+        if self.partial.is_empty() {
+            self.line(tail);
+        } else {
+            let mut buf = std::mem::take(&mut self.partial);
+            buf.extend_from_slice(tail);
+            self.line(&buf);
+            buf.clear();
+            self.partial = buf;
+        }
+    }
+
     /// Ends the capture and returns the parsed log.
     pub fn finish(mut self) -> BootLog {
-        if !self.partial.is_empty() {
+        if !self.partial.is_empty() || self.cut {
             let buf = std::mem::take(&mut self.partial);
             self.line(&buf);
             self.line_no += 1;
@@ -84,7 +95,7 @@ impl Parser {
         chunk.buf[..carry].copy_from_slice(&self.partial);
         chunk.len = carry;
         chunk.lines_end = 0;
-        chunk.piece = false;
+        chunk.pieces_end = 0;
         chunk.lines = 0;
         chunk.events.clear();
         chunk.skipped = None;
@@ -104,12 +115,14 @@ impl Parser {
         let bytes = &chunk.buf[..chunk.len];
         // The carried-over bytes hold no newline, so only the new ones need a look.
         chunk.lines_end = memchr::memrchr(b'\n', &bytes[start..]).map_or(0, |p| start + p + 1);
-        let rest = &bytes[chunk.lines_end..];
-        chunk.piece = rest.len() > MAX_LINE;
+        // The unfinished last line is cut every MAX_LINE bytes, as `feed` cuts it: the full
+        // pieces are classified with this chunk, the rest is carried over.
+        let rest = bytes.len() - chunk.lines_end;
+        let full = rest / MAX_LINE * MAX_LINE;
+        chunk.pieces_end = chunk.lines_end + full;
+        self.cut = full > 0 || (self.cut && chunk.lines_end == 0);
         self.partial.clear();
-        if !chunk.piece {
-            self.partial.extend_from_slice(rest);
-        }
+        self.partial.extend_from_slice(&bytes[chunk.pieces_end..]);
     }
 
     /// Adds the events of a classified chunk. Chunks must come in the order they were cut.
@@ -169,8 +182,9 @@ pub struct Chunk {
     len: usize,
     /// End of the whole lines: just past the last newline.
     lines_end: usize,
-    /// The bytes after `lines_end` are a piece of an over-long line, parsed on their own.
-    piece: bool,
+    /// End of the pieces of the unfinished last line that are cut off (every [`MAX_LINE`]
+    /// bytes) and parsed with this chunk.
+    pieces_end: usize,
     /// Whole lines classified.
     lines: u64,
     /// Each event with its line (counted from the chunk's first) and the range of its text.
@@ -205,7 +219,7 @@ impl Chunk {
             buf,
             len,
             lines_end,
-            piece,
+            pieces_end,
             lines,
             events,
             ..
@@ -220,13 +234,16 @@ impl Chunk {
         };
         let mut start = 0;
         while let Some(p) = memchr::memchr(b'\n', &bytes[start..*lines_end]) {
-            sink.line(&bytes[start..start + p]);
+            // Like `Parser::feed`, a line longer than MAX_LINE is parsed in pieces that keep
+            // its number.
+            for piece in bytes[start..start + p].chunks(MAX_LINE) {
+                sink.line(piece);
+            }
             sink.index += 1;
             start += p + 1;
         }
-        if *piece {
-            // Like `Parser::feed`, a piece keeps the number of the line it belongs to.
-            sink.line(&bytes[*lines_end..]);
+        for piece in bytes[*lines_end..*pieces_end].chunks(MAX_LINE) {
+            sink.line(piece);
         }
         let index = sink.index;
         *lines = u64::from(index);

@@ -179,10 +179,16 @@ impl BaudFollower {
 
     /// Turns following back on at the stage it was in.
     pub fn resume(&mut self) -> Option<Switch> {
+        self.resume_at(self.stage)
+    }
+
+    /// Turns following back on at `stage`.
+    pub fn resume_at(&mut self, stage: Stage) -> Option<Switch> {
         if self.following || !self.enabled {
             return None;
         }
         self.following = true;
+        self.stage = stage;
         Some(Switch {
             baud: self.baud(),
             reason: SwitchReason::Resume,

@@ -586,8 +586,18 @@ impl Capture {
 
     /// Turns the baud follower on again (it starts at the stage it was in).
     pub fn follow(&self) -> Result<(), CaptureError> {
+        let stage = lock(&self.shared.rec).follower.stage();
+        self.follow_at(stage)
+    }
+
+    /// Turns the baud follower on again at `stage` (its rate is set now). What was received
+    /// so far without a line end (a client's binary exchange, e.g. the ROM loader's SLIP
+    /// replies) is handed on as an unfinished line first, so the follower's first line starts
+    /// here and is not judged by bytes it never followed.
+    pub fn follow_at(&self, stage: Stage) -> Result<(), CaptureError> {
         let mut rec = lock(&self.shared.rec);
-        if let Some(switch) = rec.follower.resume() {
+        self.shared.flush_partial(&mut rec, None);
+        if let Some(switch) = rec.follower.resume_at(stage) {
             self.shared
                 .switch_baud(&mut rec, None, switch.baud, switch.reason)?;
         }

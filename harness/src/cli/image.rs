@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
 use harness::board::{self, BoardProfile, FlashMode};
+use harness::firmware::OtaMethod;
 use harness::image::build::DEFAULT_SIZE;
 use harness::image::{
     self, AppChecksum, BuildSpec, Fault, Firmware, FlashCrc, FlashFreq, FlashSize, Header,
-    Identity, Image, Layout, Lint, Ota, Segment, Severity,
+    Identity, Image, Layout, Lint, Segment, Severity,
 };
 use miette::{Context, IntoDiagnostic};
 use serde::Serialize;
@@ -85,7 +86,7 @@ struct MakeArgs {
 
     /// OTA method of the firmware: arduino (espota) or webserver (HTTP /update).
     #[arg(long, default_value = "webserver", value_name = "arduino|webserver")]
-    ota: Ota,
+    ota: OtaMethod,
 
     /// Flash size in both headers: 256KB 512KB 1MB 2MB 4MB 2MB-c1 4MB-c1 8MB 16MB.
     #[arg(long, default_value = "1MB", value_name = "SIZE")]

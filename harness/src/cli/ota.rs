@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use harness::board::{self, BoardProfile};
 use harness::firmware::{self, OtaMethod};
-use harness::image::{self, Lint, Ota, Severity};
+use harness::image::{self, Lint, Severity};
 use harness::ota::espota::{self, EspotaConfig, EspotaTimeouts};
 use harness::ota::http::{self, HttpConfig, HttpTimeouts};
 use harness::ota::{Cancel, Delivered, Event, OtaError, Password, Payload};
@@ -275,10 +275,7 @@ fn lint_gate(args: &OtaArgs, bytes: &[u8], kind: Option<&BoardProfile>) -> miett
     }
     print_lints(&lints);
     if let Some(id) = fw.identity() {
-        let next = match id.ota() {
-            Ota::Arduino => OtaMethod::Arduino,
-            Ota::Webserver => OtaMethod::WebServer,
-        };
+        let next = id.ota();
         if next != args.method {
             eprintln!(
                 "note: the new image takes updates by {next}: the next OTA needs --method {next}"

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::board::BoardProfile;
 use crate::bootlog::Banner;
-use crate::capture::{CaptureEvent, Subscription};
+use crate::capture::{CaptureEvent, Stage, Subscription};
 use crate::image::{self, Identity};
-use crate::rig::{Link, Rig, TimeScale};
+use crate::rig::{Link, Rig, RigError, TimeScale};
 
 use super::client::{
     After, ChipInfo, FlashError, FlashId, Flasher, Progress, SyncConfig, Timeouts, WriteSummary,
@@ -120,8 +120,16 @@ pub fn flash_board(
     // Subscribed before the ROM runs anything, so a soft-reset boot is not missed either.
     let lines = rig.capture().subscribe();
     let written = write_image(rig.link(), board, image, options, banner, progress)?;
-    if options.after == AfterFlash::PowerCycle {
-        rig.power_cycle_run()?;
+    match options.after {
+        AfterFlash::PowerCycle => rig.power_cycle_run()?,
+        // The ROM now boots the app without a reset, and its UART keeps the rate the loader
+        // locked onto: eboot and the app print at the loader's rate, here the app's rate too.
+        // The next reset brings the ROM's 74880 back, so the capture follows from the app stage.
+        AfterFlash::SoftReset => rig
+            .capture()
+            .follow_at(Stage::App)
+            .map_err(RigError::from)?,
+        AfterFlash::Stay => {}
     }
     let verification = match (options.verify, options.after, expected) {
         (false, _, _) => Verification::Skipped("not asked for"),

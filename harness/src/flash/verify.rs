@@ -89,10 +89,10 @@ impl IdentityWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::Ota;
+    use crate::firmware::OtaMethod;
 
     fn id(version: &str) -> Identity {
-        Identity::new("sonoff-ota", version, Ota::Webserver, None).unwrap()
+        Identity::new("sonoff-ota", version, OtaMethod::WebServer, None).unwrap()
     }
 
     #[test]

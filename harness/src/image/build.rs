@@ -287,10 +287,11 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::image::{AppChecksum, Fault, Layout, Ota, parse_firmware};
+    use crate::firmware::OtaMethod;
+    use crate::image::{AppChecksum, Fault, Layout, parse_firmware};
 
     fn spec(size: usize) -> BuildSpec {
-        let id = Identity::new("sonoff-ota", "1.0.0", Ota::Webserver, None).unwrap();
+        let id = Identity::new("sonoff-ota", "1.0.0", OtaMethod::WebServer, None).unwrap();
         BuildSpec {
             size,
             ..BuildSpec::new(id)
@@ -340,7 +341,7 @@ mod tests {
     fn deterministic_and_version_sensitive() {
         assert_eq!(build(&spec(20_000)).unwrap(), build(&spec(20_000)).unwrap());
         let mut other = spec(20_000);
-        other.identity = Identity::new("sonoff-ota", "2.0.0", Ota::Webserver, None).unwrap();
+        other.identity = Identity::new("sonoff-ota", "2.0.0", OtaMethod::WebServer, None).unwrap();
         assert_ne!(build(&spec(20_000)).unwrap(), build(&other).unwrap());
     }
 
@@ -367,7 +368,7 @@ mod tests {
         let min = min_size(&spec(0).identity);
         for size in (min..min + 64).step_by(16) {
             let mut s = spec(size);
-            s.identity = Identity::new("x", "1", Ota::Arduino, Some(Fault::SoftWdt)).unwrap();
+            s.identity = Identity::new("x", "1", OtaMethod::Arduino, Some(Fault::SoftWdt)).unwrap();
             let file = build(&s).unwrap();
             let fw = parse_firmware(&file).unwrap();
             assert_eq!(fw.app_checksum(), AppChecksum::Valid);

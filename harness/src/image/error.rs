@@ -41,6 +41,17 @@ pub enum ImageError {
         found: u8,
     },
 
+    /// The header's segment count is 0: the ROM would load nothing and jump to the entry point.
+    #[error("segment count 0 at offset {offset:#x}: an image needs at least one segment")]
+    #[diagnostic(
+        code(harness::image::no_segments),
+        help("the header is corrupt, or this is not an image at all")
+    )]
+    NoSegments {
+        /// Offset of the count byte.
+        offset: usize,
+    },
+
     /// The header claims more segments than the ROM (and esptool) accept.
     #[error("segment count {count} at offset {offset:#x} is absurd (at most 16)")]
     #[diagnostic(
@@ -120,14 +131,6 @@ pub enum ImageError {
     )]
     #[diagnostic(code(harness::image::unknown_fault))]
     UnknownFault {
-        /// The name given.
-        name: String,
-    },
-
-    /// An OTA method name that is neither `arduino` nor `webserver`.
-    #[error("unknown OTA method `{name}` (known: arduino, webserver)")]
-    #[diagnostic(code(harness::image::unknown_ota))]
-    UnknownOta {
         /// The name given.
         name: String,
     },

@@ -234,11 +234,12 @@ fn find_identity(app: &Image) -> Option<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firmware::OtaMethod;
     use crate::image::checksum::rom_checksum;
-    use crate::image::{BuildSpec, Ota, build};
+    use crate::image::{BuildSpec, build};
 
     fn file() -> Vec<u8> {
-        let id = Identity::new("sonoff-ota", "1.0.0", Ota::Arduino, None).unwrap();
+        let id = Identity::new("sonoff-ota", "1.0.0", OtaMethod::Arduino, None).unwrap();
         build(&BuildSpec {
             size: 16 * 1024,
             ..BuildSpec::new(id)

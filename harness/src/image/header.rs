@@ -263,6 +263,9 @@ impl Header {
                 found: h[0],
             });
         }
+        if h[1] == 0 {
+            return Err(ImageError::NoSegments { offset: offset + 1 });
+        }
         if h[1] > MAX_SEGMENTS {
             return Err(ImageError::TooManySegments {
                 offset: offset + 1,
@@ -393,6 +396,10 @@ mod tests {
                 offset: 1,
                 count: 17
             })
+        );
+        assert_eq!(
+            Header::parse(b"\0\xE9\x00\x03\x20\0\0\0\0", 1),
+            Err(ImageError::NoSegments { offset: 2 })
         );
         assert_eq!(
             Header::parse(b"\xE9\x01\x04\x20\0\0\0\0", 0),

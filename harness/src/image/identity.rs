@@ -25,6 +25,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::ImageError;
+use crate::firmware::OtaMethod;
 
 /// The word every identity line starts with.
 pub const IDENTITY_TAG: &str = "HILFW";
@@ -35,45 +36,6 @@ const VALUE_MAX_LEN: usize = 64;
 /// The core version an identity without `core=` stands for (what the reference firmware
 /// targets).
 pub const DEFAULT_CORE: &str = "3.1.2";
-
-/// How the firmware accepts updates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Ota {
-    /// ArduinoOTA (espota.py, UDP invitation on port 8266).
-    Arduino,
-    /// ESP8266HTTPUpdateServer (`POST /update`).
-    Webserver,
-}
-
-impl Ota {
-    /// The name used in the identity line and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Ota::Arduino => "arduino",
-            Ota::Webserver => "webserver",
-        }
-    }
-}
-
-impl fmt::Display for Ota {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Ota {
-    type Err = ImageError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "arduino" => Ok(Ota::Arduino),
-            "webserver" => Ok(Ota::Webserver),
-            _ => Err(ImageError::UnknownOta {
-                name: s.to_string(),
-            }),
-        }
-    }
-}
 
 /// A deliberate misbehaviour built into a reference firmware, to test triage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -136,7 +98,7 @@ impl FromStr for Fault {
 pub struct Identity {
     app: String,
     version: String,
-    ota: Ota,
+    ota: OtaMethod,
     fault: Option<Fault>,
     #[serde(skip_serializing_if = "Option::is_none")]
     core: Option<String>,
@@ -150,7 +112,7 @@ impl Identity {
     pub fn new(
         app: &str,
         version: &str,
-        ota: Ota,
+        ota: OtaMethod,
         fault: Option<Fault>,
     ) -> Result<Identity, ImageError> {
         for (key, value) in [("app", app), ("version", version)] {
@@ -206,7 +168,7 @@ impl Identity {
     }
 
     /// OTA method.
-    pub fn ota(&self) -> Ota {
+    pub fn ota(&self) -> OtaMethod {
         self.ota
     }
 
@@ -375,7 +337,7 @@ mod tests {
     use super::*;
 
     fn ident(fault: Option<Fault>) -> Identity {
-        Identity::new("sonoff-ota", "1.0.0", Ota::Webserver, fault).unwrap()
+        Identity::new("sonoff-ota", "1.0.0", OtaMethod::WebServer, fault).unwrap()
     }
 
     #[test]
@@ -471,8 +433,8 @@ mod tests {
         for f in Fault::ALL {
             assert_eq!(f.name().parse::<Fault>(), Ok(f));
         }
-        assert!(Identity::new("has space", "1", Ota::Arduino, None).is_err());
-        assert!(Identity::new("a", "v=1", Ota::Arduino, None).is_err());
-        assert!(Identity::new("a", &"9".repeat(65), Ota::Arduino, None).is_err());
+        assert!(Identity::new("has space", "1", OtaMethod::Arduino, None).is_err());
+        assert!(Identity::new("a", "v=1", OtaMethod::Arduino, None).is_err());
+        assert!(Identity::new("a", &"9".repeat(65), OtaMethod::Arduino, None).is_err());
     }
 }

@@ -9,10 +9,12 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::Image;
 use super::firmware::{AppChecksum, Firmware, Layout};
 use super::header::FlashSize;
-use super::identity::Ota;
+use super::segment::SegmentKind;
 use crate::board::{BoardProfile, Chip, FlashMode};
+use crate::firmware::OtaMethod;
 
 /// Flash sector size: the unit of erase and of OTA staging.
 pub const SECTOR: u32 = 0x1000;
@@ -40,6 +42,8 @@ pub enum LintId {
     FlashCrc,
     /// eboot's and the app's headers disagree on flash mode, size or frequency.
     HeaderMismatch,
+    /// A header's entry point is not inside a segment loaded to IRAM.
+    EntryPoint,
     /// The header claims more flash than the board has.
     FlashSizeTooBig,
     /// The header claims less flash than the board has.
@@ -58,11 +62,12 @@ pub enum LintId {
 
 impl LintId {
     /// Every rule, in the order [`lint`] runs them.
-    pub const ALL: [LintId; 11] = [
+    pub const ALL: [LintId; 12] = [
         LintId::BootChecksum,
         LintId::AppChecksum,
         LintId::FlashCrc,
         LintId::HeaderMismatch,
+        LintId::EntryPoint,
         LintId::FlashSizeTooBig,
         LintId::FlashSizeSmaller,
         LintId::FlashModeUnsupported,
@@ -84,6 +89,7 @@ impl LintId {
             LintId::AppChecksum => "app-checksum",
             LintId::FlashCrc => "flash-crc",
             LintId::HeaderMismatch => "header-mismatch",
+            LintId::EntryPoint => "entry-point",
             LintId::FlashSizeTooBig => "flash-size-too-big",
             LintId::FlashSizeSmaller => "flash-size-smaller",
             LintId::FlashModeUnsupported => "flash-mode-unsupported",
@@ -180,7 +186,34 @@ pub fn check(fw: &Firmware) -> Vec<Lint> {
             ));
         }
     }
+    for img in fw.eboot().into_iter().chain([fw.app()]) {
+        lint_entry(&mut out, img);
+    }
     out
+}
+
+/// The ROM (eboot, for the app) jumps to the header's entry point once the segments are loaded;
+/// code runs from IRAM only (flash-mapped code needs the cache, which nothing has set up yet).
+fn lint_entry(out: &mut Vec<Lint>, img: &Image) {
+    let entry = img.header().entry();
+    let in_code = img.segments().iter().any(|s| {
+        matches!(s.kind(), SegmentKind::Iram | SegmentKind::Eboot)
+            && entry >= s.addr()
+            && entry - s.addr() < s.len()
+    });
+    if !in_code {
+        out.push(Lint::new(
+            LintId::EntryPoint,
+            Severity::Error,
+            format!(
+                "entry point {entry:#010x} at offset {:#x} is not inside any segment the image                  loads to IRAM: the {} would jump into code that is not there",
+                img.offset() + 4,
+                if img.offset() == 0 { "ROM" } else { "bootloader" }
+            ),
+            "the header is corrupt, or the image was not made by elf2bin / esptool elf2image: \
+             rebuild it",
+        ));
+    }
 }
 
 /// All checks: [`check`] plus flash size, flash mode and OTA space against `board`.
@@ -277,10 +310,10 @@ fn lint_flash_mode(out: &mut Vec<Lint>, mode: FlashMode, board: &BoardProfile) {
 
 /// The OTA methods the space and wrap rules consider: the firmware's own (the same image is
 /// assumed to be installed, so it is the one receiving the update), else both.
-fn ota_methods(fw: &Firmware) -> Vec<Ota> {
+fn ota_methods(fw: &Firmware) -> Vec<OtaMethod> {
     match fw.identity() {
         Some(id) => vec![id.ota()],
-        None => vec![Ota::Arduino, Ota::Webserver],
+        None => vec![OtaMethod::Arduino, OtaMethod::WebServer],
     }
 }
 
@@ -310,7 +343,7 @@ fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
     let mut problems = Vec::new();
     for ota in ota_methods(fw) {
         match ota {
-            Ota::Arduino => {
+            OtaMethod::Arduino => {
                 let need = round4k(installed) + round4k(new);
                 if need > fs_start {
                     problems.push(format!(
@@ -324,7 +357,7 @@ fn lint_space(out: &mut Vec<Lint>, fw: &Firmware, board: &BoardProfile) {
                     ));
                 }
             }
-            Ota::Webserver => {
+            OtaMethod::WebServer => {
                 let offered = webserver_offer(fs_start, installed);
                 if new > offered {
                     problems.push(format!(
@@ -459,11 +492,11 @@ pub const ARDUINO_LAYOUTS: &[ArduinoLayout] = &[
 /// ArduinoOTA calls `Update.begin(size)`: staging is `[fs_start - round4k(size), fs_start)`.
 /// ESP8266HTTPUpdateServer calls `Update.begin()` with all free space, so staging starts right
 /// after the running sketch plus one sector and the image is written from there.
-pub fn ota_staging(ota: Ota, fs_start: u32, installed: u32, new: u32) -> Option<(u32, u32)> {
+pub fn ota_staging(ota: OtaMethod, fs_start: u32, installed: u32, new: u32) -> Option<(u32, u32)> {
     let (installed, new) = (round4k(installed), round4k(new));
     let start = match ota {
-        Ota::Arduino => fs_start.checked_sub(new)?,
-        Ota::Webserver => {
+        OtaMethod::Arduino => fs_start.checked_sub(new)?,
+        OtaMethod::WebServer => {
             let offered = webserver_offer(fs_start, installed);
             if offered < new {
                 return None;
@@ -484,7 +517,7 @@ fn lint_wrap(out: &mut Vec<Lint>, fw: &Firmware, size: FlashSize, board: &BoardP
     ];
     let (new, installed) = (fw.len() as u32, fw.app().end() as u32);
     // Layouts whose staging lands on the same wrapped range are reported together.
-    let mut groups: Vec<(Ota, u32, u32, String, Vec<String>)> = Vec::new();
+    let mut groups: Vec<(OtaMethod, u32, u32, String, Vec<String>)> = Vec::new();
     for layout in ARDUINO_LAYOUTS
         .iter()
         .filter(|a| a.flash_size == size.bytes())
@@ -548,10 +581,10 @@ fn lint_wrap(out: &mut Vec<Lint>, fw: &Firmware, size: FlashSize, board: &BoardP
     ));
 }
 
-fn ota_name(ota: Ota) -> &'static str {
+fn ota_name(ota: OtaMethod) -> &'static str {
     match ota {
-        Ota::Arduino => "ArduinoOTA",
-        Ota::Webserver => "HTTP /update",
+        OtaMethod::Arduino => "ArduinoOTA",
+        OtaMethod::WebServer => "HTTP /update",
     }
 }
 
@@ -600,7 +633,7 @@ mod tests {
         assert_eq!(LintId::from_name("flash-size-huge"), None);
     }
 
-    fn fw(ota: Ota, size: usize, flash_size: FlashSize, mode: FlashMode) -> Vec<u8> {
+    fn fw(ota: OtaMethod, size: usize, flash_size: FlashSize, mode: FlashMode) -> Vec<u8> {
         let id = Identity::new("sonoff-ota", "1.0.0", ota, None).unwrap();
         build(&BuildSpec {
             size,
@@ -617,15 +650,61 @@ mod tests {
 
     #[test]
     fn a_good_image_has_no_lints() {
-        let file = fw(Ota::Webserver, 300 * 1024, FlashSize::M1, FlashMode::Dout);
+        let file = fw(
+            OtaMethod::WebServer,
+            300 * 1024,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
         let f = parse_firmware(&file).unwrap();
         assert_eq!(lint(&f, board::find("sonoff-4ch").unwrap()), vec![]);
         assert_eq!(lint(&f, board::find("sonoff-basic").unwrap()), vec![]);
     }
 
     #[test]
+    fn entry_point_outside_iram_segments_is_an_error() {
+        let file = fw(
+            OtaMethod::WebServer,
+            64 * 1024,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
+        for (at, entry) in [(4usize, 0u32), (0x1004, 0x4020_1010), (0x1004, 0x4010_0800)] {
+            let mut bad = file.clone();
+            bad[at..at + 4].copy_from_slice(&entry.to_le_bytes());
+            let lints = check(&parse_firmware(&bad).unwrap());
+            // Besides the file's flash CRC, which covers the header bytes.
+            let entry_lints: Vec<_> = lints
+                .iter()
+                .filter(|l| l.id == LintId::EntryPoint)
+                .collect();
+            assert_eq!(entry_lints.len(), 1, "{entry:#x}: {lints:?}");
+            assert_eq!(entry_lints[0].severity, Severity::Error);
+            let want = format!("entry point {entry:#010x} at offset {at:#x}");
+            assert!(
+                entry_lints[0].message.contains(&want),
+                "{}",
+                entry_lints[0].message
+            );
+        }
+        // The last byte of .text (2048 bytes at 0x40100000) is still inside.
+        let mut edge = file.clone();
+        edge[0x1004..0x1008].copy_from_slice(&0x4010_07FFu32.to_le_bytes());
+        let lints = check(&parse_firmware(&edge).unwrap());
+        assert!(
+            lints.iter().all(|l| l.id != LintId::EntryPoint),
+            "{lints:?}"
+        );
+    }
+
+    #[test]
     fn qio_4mb_on_the_4ch() {
-        let file = fw(Ota::Arduino, 300 * 1024, FlashSize::M4, FlashMode::Qio);
+        let file = fw(
+            OtaMethod::Arduino,
+            300 * 1024,
+            FlashSize::M4,
+            FlashMode::Qio,
+        );
         let f = parse_firmware(&file).unwrap();
         let lints = lint(&f, board::find("sonoff-4ch").unwrap());
         assert_eq!(
@@ -661,7 +740,12 @@ mod tests {
 
     #[test]
     fn webserver_ota_starts_after_the_sketch_and_does_not_wrap() {
-        let file = fw(Ota::Webserver, 300 * 1024, FlashSize::M4, FlashMode::Dout);
+        let file = fw(
+            OtaMethod::WebServer,
+            300 * 1024,
+            FlashSize::M4,
+            FlashMode::Dout,
+        );
         let f = parse_firmware(&file).unwrap();
         let lints = lint(&f, board::find("sonoff-basic").unwrap());
         assert_eq!(ids(&lints), [LintId::FlashSizeTooBig]);
@@ -669,7 +753,12 @@ mod tests {
 
     #[test]
     fn dio_on_the_basic_is_a_warning() {
-        let file = fw(Ota::Webserver, 64 * 1024, FlashSize::M1, FlashMode::Dio);
+        let file = fw(
+            OtaMethod::WebServer,
+            64 * 1024,
+            FlashSize::M1,
+            FlashMode::Dio,
+        );
         let f = parse_firmware(&file).unwrap();
         let lints = lint(&f, board::find("sonoff-basic").unwrap());
         assert_eq!(ids(&lints), [LintId::FlashModeNotRecommended]);
@@ -680,9 +769,9 @@ mod tests {
     fn space_rules_follow_protocols_e() {
         // 1m64: FS at 0xEB000 (940 KiB). ArduinoOTA: 2 * round4k(n) <= 0xEB000 -> n <= 0x75000 (468 KiB)
         let basic = board::find("sonoff-basic").unwrap();
-        let fits = fw(Ota::Arduino, 0x75000, FlashSize::M1, FlashMode::Dout);
+        let fits = fw(OtaMethod::Arduino, 0x75000, FlashSize::M1, FlashMode::Dout);
         assert_eq!(lint(&parse_firmware(&fits).unwrap(), basic), vec![]);
-        let over = fw(Ota::Arduino, 0x75010, FlashSize::M1, FlashMode::Dout);
+        let over = fw(OtaMethod::Arduino, 0x75010, FlashSize::M1, FlashMode::Dout);
         let lints = lint(&parse_firmware(&over).unwrap(), basic);
         assert_eq!(ids(&lints), [LintId::OtaNoSpace]);
         assert!(
@@ -692,9 +781,19 @@ mod tests {
         );
         // The web server offers (0xEB000 - round4k(installed) - 0x1000) & ~0xFFF; for the odd
         // sector counts of the 1 MB layouts that is the same limit.
-        let web = fw(Ota::Webserver, 0x75000, FlashSize::M1, FlashMode::Dout);
+        let web = fw(
+            OtaMethod::WebServer,
+            0x75000,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
         assert_eq!(lint(&parse_firmware(&web).unwrap(), basic), vec![]);
-        let web_over = fw(Ota::Webserver, 0x75010, FlashSize::M1, FlashMode::Dout);
+        let web_over = fw(
+            OtaMethod::WebServer,
+            0x75010,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
         let lints = lint(&parse_firmware(&web_over).unwrap(), basic);
         assert_eq!(ids(&lints), [LintId::OtaNoSpace]);
         assert!(
@@ -702,7 +801,12 @@ mod tests {
             "{}",
             lints[0].message
         );
-        let huge = fw(Ota::Webserver, 0xEB010, FlashSize::M1, FlashMode::Dout);
+        let huge = fw(
+            OtaMethod::WebServer,
+            0xEB010,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
         assert_eq!(
             ids(&lint(&parse_firmware(&huge).unwrap(), basic)),
             [LintId::SketchTooBig]
@@ -712,14 +816,17 @@ mod tests {
     #[test]
     fn staging_and_wrap_arithmetic() {
         assert_eq!(
-            ota_staging(Ota::Arduino, 0x30_0000, 0x4B000, 0x4B000),
+            ota_staging(OtaMethod::Arduino, 0x30_0000, 0x4B000, 0x4B000),
             Some((0x2B_5000, 0x30_0000))
         );
         assert_eq!(
-            ota_staging(Ota::Webserver, 0xEB000, 0x4B000, 0x4B000),
+            ota_staging(OtaMethod::WebServer, 0xEB000, 0x4B000, 0x4B000),
             Some((0x4C000, 0x97000))
         );
-        assert_eq!(ota_staging(Ota::Arduino, 0xEB000, 0x80000, 0x80000), None);
+        assert_eq!(
+            ota_staging(OtaMethod::Arduino, 0xEB000, 0x80000, 0x80000),
+            None
+        );
         assert!(wrapped_overlaps(
             0x2B_5000, 0x30_0000, 0x10_0000, 0xFB000, 0xFC000
         ));
@@ -733,7 +840,12 @@ mod tests {
 
     #[test]
     fn corrupt_checksums_are_errors_without_a_board() {
-        let mut file = fw(Ota::Webserver, 16 * 1024, FlashSize::M1, FlashMode::Dout);
+        let mut file = fw(
+            OtaMethod::WebServer,
+            16 * 1024,
+            FlashSize::M1,
+            FlashMode::Dout,
+        );
         file[0x20] ^= 0x01; // inside eboot's segment
         file[0x2000] ^= 0x10; // inside .irom0.text
         let lints = check(&parse_firmware(&file).unwrap());

@@ -30,7 +30,7 @@ pub use checksum::Checksum;
 pub use error::ImageError;
 pub use firmware::{AppChecksum, Firmware, FlashCrc, Layout, parse_firmware};
 pub use header::{FlashFreq, FlashSize, Header};
-pub use identity::{Fault, Identity, Ota};
+pub use identity::{Fault, Identity};
 pub use lint::{Lint, LintId, Severity, check, lint};
 pub use segment::{Segment, SegmentKind};
 

@@ -24,8 +24,8 @@ use super::client::{
 use super::error::{OtaError, Phase};
 use super::proto::{
     self, AUTH_REPLY_TIMEOUT, AuthRequest, CHUNK_REPLY_TIMEOUT, CONNECT_BACK_TIMEOUT,
-    HOST_CHUNK_SIZE, INVITE_REPLY_TIMEOUT, Invitation, InviteReply, RESULT_TIMEOUT, ReplyScanner,
-    TransferReply,
+    HOST_CHUNK_SIZE, INVITE_REPLY_TIMEOUT, Invitation, InviteReply, MAX_IMAGE_SIZE, RESULT_TIMEOUT,
+    ReplyScanner, TransferReply,
 };
 use super::updater::UpdateCommand;
 use crate::firmware::OtaMethod;
@@ -141,10 +141,13 @@ pub fn upload(
 ) -> Result<Delivered, OtaError> {
     let start = Instant::now();
     let total = payload.bytes.len() as u64;
-    let size = u32::try_from(total).map_err(|_| OtaError::ImageTooLarge {
-        len: total,
-        max: u64::from(u32::MAX),
-    })?;
+    let size = u32::try_from(total)
+        .ok()
+        .filter(|&s| s <= MAX_IMAGE_SIZE)
+        .ok_or(OtaError::ImageTooLarge {
+            len: total,
+            max: u64::from(MAX_IMAGE_SIZE),
+        })?;
     let device = cfg.device;
     let local_ip = match cfg.local_ip {
         Some(ip) => ip,

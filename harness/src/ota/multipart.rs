@@ -177,12 +177,21 @@ pub fn boundary_from_content_type(content_type: &str) -> Result<String, CodecErr
     Err(error(0, Problem::NoBoundary))
 }
 
-/// Browsers' escaping of names in `Content-Disposition` (WHATWG HTML, form submission):
-/// `"` and line breaks are percent-encoded. The device does not decode them.
-fn escape_quoted(s: &str) -> String {
-    s.replace('"', "%22")
-        .replace('\r', "%0D")
-        .replace('\n', "%0A")
+/// A field or file name as the builder writes it into `Content-Disposition`: browsers' escaping
+/// (WHATWG HTML, form submission: `"`, CR and LF percent-encoded), extended to every other ASCII
+/// control character, which a header value may not hold (RFC 9110 §5.5), and to `\`, which
+/// curl-style senders use as an escape inside the quotes (the parser reads it so). The device
+/// does not decode the escapes.
+pub fn escape_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '"' || c == '\\' || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A file upload body: head, file bytes, tail.
@@ -207,8 +216,8 @@ impl FileUpload {
         let head = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"{}\"; filename=\"{}\"\r\n\
              Content-Type: application/octet-stream\r\n\r\n",
-            escape_quoted(field),
-            escape_quoted(filename)
+            escape_name(field),
+            escape_name(filename)
         );
         let tail = format!("\r\n--{boundary}--\r\n");
         Ok(FileUpload {
@@ -224,9 +233,19 @@ impl FileUpload {
         &self.boundary
     }
 
-    /// The request's `Content-Type` header value.
+    /// The request's `Content-Type` header value. The boundary is quoted when it has characters
+    /// a bare parameter value may not (RFC 2046 §5.1.1: space, `(`, `)`, `,`, `/`, `:`, `=`,
+    /// `?`); unquoted, a reader would cut or trim it.
     pub fn content_type(&self) -> String {
-        format!("multipart/form-data; boundary={}", self.boundary)
+        let token = self
+            .boundary
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"'+-._".contains(&b));
+        if token {
+            format!("multipart/form-data; boundary={}", self.boundary)
+        } else {
+            format!("multipart/form-data; boundary=\"{}\"", self.boundary)
+        }
     }
 
     /// The request's `Content-Length`: head + file + tail.
@@ -620,6 +639,48 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn boundaries_with_spaces_or_separators_are_quoted_in_the_content_type() {
+        // Found by fuzzing (multipart_roundtrip): `boundary=  jjj` was trimmed by the reader,
+        // which then never found the opening boundary.
+        for (boundary, content_type) in [
+            (B, format!("multipart/form-data; boundary={B}")),
+            (
+                "  jjj",
+                "multipart/form-data; boundary=\"  jjj\"".to_string(),
+            ),
+            (
+                "a=b?c",
+                "multipart/form-data; boundary=\"a=b?c\"".to_string(),
+            ),
+        ] {
+            let up = FileUpload::new("firmware", "fw.bin", 1, boundary).unwrap();
+            assert_eq!(up.content_type(), content_type);
+            assert_eq!(boundary_from_content_type(&content_type).unwrap(), boundary);
+            let body: Vec<u8> = up.chunks(b"z", 1).unwrap().flatten().copied().collect();
+            let mut p = Parser::from_content_type(&content_type).unwrap();
+            assert!(p.feed(&body).unwrap().contains(&Event::End));
+            p.finish().unwrap();
+        }
+    }
+
+    #[test]
+    fn names_with_backslashes_quotes_and_controls_read_back_as_written() {
+        // Found by fuzzing (multipart_roundtrip): a name ending in `\` came back as `"; filename=`
+        // because the parser takes `\"` as an escaped quote (as curl writes it); the builder now
+        // percent-encodes backslashes.
+        for (field, filename) in [("\\", ""), ("a\\\"b", "c:\\x\\fw.bin"), ("\u{1a}", "x\0y")] {
+            let up = FileUpload::new(field, filename, 1, B).unwrap();
+            let body: Vec<u8> = up.chunks(b"z", 1).unwrap().flatten().copied().collect();
+            let events = parse_all(&body, &[], 4).unwrap();
+            let (headers, data) = parts(&events).remove(0);
+            assert_eq!(headers.name, escape_name(field));
+            assert_eq!(headers.filename, Some(escape_name(filename)));
+            assert_eq!(data, b"z");
+        }
+        assert_eq!(escape_name("a\"b\r\n\u{1a}\\"), "a%22b%0D%0A%1A%5C");
     }
 
     #[test]

@@ -37,6 +37,10 @@ pub const CHUNK_REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// espota.py waits this long for the final `OK` / `ERROR` after the last chunk.
 pub const RESULT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Largest image size an invitation can carry: the device reads the size with `parseInt`
+/// (`atoi` into a 32-bit `int`), which saturates at `i32::MAX`, so a larger size arrives wrong.
+pub const MAX_IMAGE_SIZE: u32 = i32::MAX as u32;
+
 /// The device's reply to a wrong authentication response.
 pub const AUTH_FAILED: &str = "Authentication Failed";
 /// The device's reply when it accepts the invitation, and its final word after an update.
@@ -77,7 +81,8 @@ impl Invitation {
     }
 
     /// Parses an invitation strictly: exactly the format espota.py produces, with a command of
-    /// 0 or 100, a non-zero port, and 32 hex digits of MD5.
+    /// 0 or 100, a non-zero port, a size the device reads as sent (at most [`MAX_IMAGE_SIZE`])
+    /// and 32 hex digits of MD5.
     pub fn parse(datagram: &[u8]) -> Result<Self, CodecError> {
         let bad = |field, got: &[u8]| CodecError::Invitation {
             field,
@@ -102,6 +107,7 @@ impl Invitation {
             .ok_or_else(|| bad("port", port))?;
         let size = decimal(size)
             .and_then(|s| u32::try_from(s).ok())
+            .filter(|&s| s <= MAX_IMAGE_SIZE)
             .ok_or_else(|| bad("size", size))?;
         if md5.len() != 32 || !md5.iter().all(u8::is_ascii_hexdigit) {
             return Err(bad("md5", md5));
@@ -577,6 +583,19 @@ mod tests {
         assert_eq!(field(format!("0 0 2 {MD5}\n").as_bytes()), "port");
         assert_eq!(field(format!("0 70000 2 {MD5}\n").as_bytes()), "port");
         assert_eq!(field(format!("0 1 -2 {MD5}\n").as_bytes()), "size");
+        // Found by fuzzing (fixtures/fuzz-regressions/ota_invite): a size the device's atoi
+        // saturates was accepted, so host and device disagreed on it.
+        assert_eq!(field(format!("0 4 3341425678 {MD5}\n").as_bytes()), "size");
+        assert_eq!(field(format!("0 4 2147483648 {MD5}\n").as_bytes()), "size");
+        let max = format!("0 4 2147483647 {MD5}\n");
+        assert_eq!(
+            Invitation::parse(max.as_bytes()).unwrap().size,
+            MAX_IMAGE_SIZE
+        );
+        assert_eq!(
+            Invitation::parse_device(max.as_bytes()).unwrap().size,
+            MAX_IMAGE_SIZE
+        );
         assert_eq!(field(b"0 1 2 xyz\n"), "md5");
         assert_eq!(field(format!("0 1 2 {}g\n", &MD5[..31]).as_bytes()), "md5");
         assert_eq!(field(format!("0 1 2 {MD5} x\n").as_bytes()), "end");

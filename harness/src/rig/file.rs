@@ -38,7 +38,6 @@ use std::path::{Path, PathBuf};
 use miette::{NamedSource, SourceSpan};
 use serde::Deserialize;
 use toml::Spanned;
-use toml::de::{DeTable, DeValue};
 
 use crate::board::{self, BoardProfile};
 use crate::capture::DEFAULT_APP_BAUD;
@@ -532,51 +531,6 @@ fn line_col(src: &str, pos: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// The dotted key path (`board[1].power.line`) of the key or value at byte `pos`.
-fn key_path_at(src: &str, pos: usize) -> Option<String> {
-    let doc = DeTable::parse(src).ok()?;
-    find_in_table(doc.get_ref(), pos)
-}
-
-/// Searches the whole tree: the span of a `[[board]]` element covers only its header, so a
-/// parent's span says nothing about where its keys are.
-fn find_in_table(table: &DeTable<'_>, pos: usize) -> Option<String> {
-    for (key, value) in table {
-        let name = key.get_ref();
-        if key.span().contains(&pos) {
-            return Some(name.to_string());
-        }
-        if let Some(inner) = find_in_value(value, pos) {
-            return Some(if inner.starts_with('[') {
-                format!("{name}{inner}")
-            } else {
-                format!("{name}.{inner}")
-            });
-        }
-        if value.span().contains(&pos) {
-            return Some(name.to_string());
-        }
-    }
-    None
-}
-
-fn find_in_value(value: &Spanned<DeValue<'_>>, pos: usize) -> Option<String> {
-    match value.get_ref() {
-        DeValue::Table(t) => find_in_table(t, pos),
-        DeValue::Array(items) => {
-            items
-                .iter()
-                .enumerate()
-                .find_map(|(i, item)| match find_in_value(item, pos) {
-                    Some(inner) if inner.starts_with('[') => Some(format!("[{i}]{inner}")),
-                    Some(inner) => Some(format!("[{i}].{inner}")),
-                    None => item.span().contains(&pos).then(|| format!("[{i}]")),
-                })
-        }
-        _ => None,
-    }
-}
-
 /// Collects the validation problems of one file.
 struct Check<'a> {
     path: &'a Path,
@@ -944,7 +898,7 @@ impl RigConfig {
     pub fn parse(text: &str, path: &Path) -> Result<RigConfig, Box<RigFileError>> {
         let raw: RawRig = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let key = key_path_at(text, span.start);
+            let key = crate::toml_path::key_at(text, span.start);
             RigFileError::new(
                 path,
                 text,

@@ -64,13 +64,12 @@ pub enum Problem {
     #[error("cannot read the scenario file")]
     Read(#[source] std::io::Error),
     /// TOML syntax, a wrong type, a missing or unknown key (toml's own message).
-    #[error("{message}")]
+    #[error("{}{message}", key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Toml {
-        /// toml's message, without its location (which [`ScenarioError`] gives).
+        /// The dotted key (`step[1].flash.image`), when the position names one.
+        key: Option<String>,
+        /// toml's message, without its location and excerpt (which [`ScenarioError`] gives).
         message: String,
-        /// The parser error.
-        #[source]
-        source: toml::de::Error,
     },
     /// A `[[step]]` key that is no step kind.
     #[error("unknown step kind `{kind}` (valid step kinds: {valid})")]
@@ -138,6 +137,16 @@ pub enum Problem {
         name: String,
         /// Declared parameters, comma-separated.
         known: String,
+    },
+    /// Boards × matrix values give more runs than one file may have.
+    #[error("{boards} boards × the [params] matrix make {runs} runs, more than {max}")]
+    TooManyRuns {
+        /// Boards of the file.
+        boards: usize,
+        /// The runs it would make (saturating).
+        runs: usize,
+        /// [`MAX_RUNS`](crate::scenario::model::MAX_RUNS).
+        max: usize,
     },
     /// A `--param` that is not `name=value`.
     #[error("`--param {text}` is not `name=value`")]
@@ -263,6 +272,7 @@ impl Problem {
             Problem::UnclosedPlaceholder { .. } => "harness::scenario::unclosed_placeholder",
             Problem::UnknownOverride { .. } => "harness::scenario::unknown_override",
             Problem::BadOverride { .. } => "harness::scenario::bad_override",
+            Problem::TooManyRuns { .. } => "harness::scenario::too_many_runs",
             Problem::MissingImage { .. } => "harness::scenario::missing_image",
             Problem::UnreadableImage { .. } => "harness::scenario::unreadable_image",
             Problem::BadImage { .. } => "harness::scenario::bad_image",
@@ -300,6 +310,9 @@ impl Problem {
                     "add \"{capability}\" to `requires` so that rigs without it skip the scenario"
                 )
             }
+            Problem::TooManyRuns { .. } => "split the matrix over several scenario files, or \
+                 fix a parameter with `--param name=value`"
+                .to_string(),
             Problem::UnknownLabel { .. } => {
                 "give the step to measure from a `label = \"...\"`".to_string()
             }

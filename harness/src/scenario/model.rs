@@ -84,6 +84,11 @@ impl fmt::Display for Capability {
     }
 }
 
+/// Most runs one scenario file may make (boards × matrix combinations). Far more than a bench
+/// can run; the limit keeps a small file with a few long `[params]` arrays from making millions
+/// of runs (and running out of memory) before anything is checked.
+pub const MAX_RUNS: usize = 1024;
+
 /// Placeholders every scenario has besides its `[params]`.
 ///
 /// `board` is the board id of the run; `long_press` and `update_timeout` come from
@@ -158,8 +163,10 @@ pub(crate) fn validate(
     let raw: RawScenario = toml::from_str(text).map_err(|e| {
         let span = e.span();
         let problem = Problem::Toml {
+            key: span
+                .as_ref()
+                .and_then(|s| crate::toml_path::key_at(text, s.start)),
             message: e.message().trim_end().to_string(),
-            source: e,
         };
         match span {
             Some(span) => ScenarioError::at(problem, &name, text, span),
@@ -255,6 +262,27 @@ pub(crate) fn validate(
             Problem::Empty { key: "step".into() },
             &name,
         ));
+    }
+
+    let runs = params
+        .values()
+        .fold(boards.len(), |n, values| n.saturating_mul(values.len()));
+    if runs > MAX_RUNS {
+        let problem = Problem::TooManyRuns {
+            boards: boards.len(),
+            runs,
+            max: MAX_RUNS,
+        };
+        // Point at the longest array: the first candidate to cut.
+        let span = raw
+            .params
+            .values()
+            .max_by_key(|v| match v.get_ref() {
+                RawParam::One(_) => 0,
+                RawParam::Many(vs) => vs.len(),
+            })
+            .map_or(raw.boards.span(), |v| v.span());
+        return Err(err(problem, span));
     }
 
     let behaviour = firmware::behaviour();

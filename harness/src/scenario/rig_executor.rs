@@ -397,15 +397,33 @@ impl Executor for RigExecutor {
         };
         let password = request.password.map(Password::new);
         let cancel = Cancel::new();
+        // The clients' timeouts are espota's and a browser's patience with a real board. A board
+        // on a faster clock answers (or stays silent) that much sooner, so the waits shrink with
+        // the rig's time scale, but never below a second of real time for the host's own delays.
+        let wait = |d: Duration| self.real(d).max(Duration::from_secs(1)).min(d);
         let result = match request.method {
             OtaMethod::Arduino => {
                 let mut cfg = ota::espota::EspotaConfig::new(device);
                 cfg.password = password;
+                let t = &mut cfg.timeouts;
+                for d in [
+                    &mut t.invite,
+                    &mut t.auth,
+                    &mut t.connect_back,
+                    &mut t.reply,
+                    &mut t.result,
+                ] {
+                    *d = wait(*d);
+                }
                 ota::espota::upload(&cfg, payload, &mut |_| {}, &cancel)
             }
             OtaMethod::WebServer => {
                 let mut cfg = ota::http::HttpConfig::new(device);
                 cfg.password = password;
+                let t = &mut cfg.timeouts;
+                for d in [&mut t.connect, &mut t.stall, &mut t.response] {
+                    *d = wait(*d);
+                }
                 ota::http::upload(&cfg, payload, &mut |_| {}, &cancel)
             }
         };

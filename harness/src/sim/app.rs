@@ -65,7 +65,7 @@ use std::time::Duration;
 
 use crate::board::{BoardProfile, FlashLayout};
 use crate::firmware::{FwState, OtaMethod, behaviour};
-use crate::image::{self, AppChecksum, Fault, Identity, Ota};
+use crate::image::{self, AppChecksum, Fault, Identity};
 use crate::ota::updater::{
     CoreModel, DeviceEnv, FlashFault, FlashWriter, UpdateSession, free_sketch_space, sketch_size,
 };
@@ -458,10 +458,7 @@ impl RefFw {
             boot_mode: hw.latched.map_or(3, |m| m.x),
             core,
         };
-        let method = match identity.ota() {
-            Ota::Arduino => OtaMethod::Arduino,
-            Ota::Webserver => OtaMethod::WebServer,
-        };
+        let method = identity.ota();
         let b = behaviour();
         RefFw {
             identity,

@@ -7,9 +7,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use crate::board::FlashMode;
+use crate::firmware::OtaMethod;
 use crate::firmware::behaviour;
 use crate::flash::proto::{Command, Op};
-use crate::image::{self, BuildSpec, Fault, FlashSize, Identity, Ota};
+use crate::image::{self, BuildSpec, Fault, FlashSize, Identity};
 use crate::ota::updater::{EbootCommand, UpdateCommand, UpdaterError};
 use crate::triage::{self, Class};
 
@@ -26,7 +27,7 @@ fn ms(n: u64) -> Duration {
 
 struct Spec {
     version: &'static str,
-    ota: Ota,
+    ota: OtaMethod,
     fault: Option<Fault>,
     core: &'static str,
     mode: FlashMode,
@@ -35,7 +36,7 @@ struct Spec {
 }
 
 impl Spec {
-    fn new(version: &'static str, ota: Ota) -> Spec {
+    fn new(version: &'static str, ota: OtaMethod) -> Spec {
         Spec {
             version,
             ota,
@@ -207,7 +208,7 @@ const ROM_LINES: &str =
 
 #[test]
 fn healthy_boot_prints_rom_eboot_and_the_identity_line() {
-    let img = Spec::new("1.0.0", Ota::Webserver).build();
+    let img = Spec::new("1.0.0", OtaMethod::WebServer).build();
     let mut b = Bench::new("sonoff-4ch", &img);
     b.power_on();
     b.run(ms(500));
@@ -241,7 +242,7 @@ fn healthy_boot_prints_rom_eboot_and_the_identity_line() {
 
 #[test]
 fn button_toggles_relay_and_long_press_enters_update_until_the_timeout() {
-    let img = Spec::new("1.0.0", Ota::Arduino).build();
+    let img = Spec::new("1.0.0", OtaMethod::Arduino).build();
     let mut b = Bench::new("sonoff-basic", &img);
     b.power_on();
     b.run(Duration::from_secs(3));
@@ -307,8 +308,8 @@ fn button_toggles_relay_and_long_press_enters_update_until_the_timeout() {
 
 #[test]
 fn http_ota_copies_with_eboot_and_boots_the_new_version() {
-    let old = Spec::new("1.0.0", Ota::Webserver).build();
-    let new = Spec::new("2.0.0", Ota::Webserver).build();
+    let old = Spec::new("1.0.0", OtaMethod::WebServer).build();
+    let new = Spec::new("2.0.0", OtaMethod::WebServer).build();
     let mut b = Bench::new("sonoff-4ch", &old);
     b.power_on();
     b.run(Duration::from_secs(3));
@@ -372,8 +373,8 @@ fn cut_copy(old: &[u8], new: &[u8], sectors: u32) -> Bench {
 #[test]
 fn power_cut_during_the_copy_leaves_a_half_copied_app_that_crashes() {
     // Same layout, different builds: the headers parse, the code is half new, half old.
-    let old = Spec::new("1.0.0", Ota::Webserver).build();
-    let new = Spec::new("2.0.0", Ota::Webserver).build();
+    let old = Spec::new("1.0.0", OtaMethod::WebServer).build();
+    let new = Spec::new("2.0.0", OtaMethod::WebServer).build();
     let b = cut_copy(&old, &new, 5);
     let text = b.read_at(74_880);
     assert!(
@@ -400,8 +401,8 @@ fn power_cut_during_the_copy_leaves_a_half_copied_app_that_crashes() {
 fn power_cut_with_a_larger_image_breaks_the_segment_headers() {
     // The new image is twice as long: after five sectors its irom0 segment ends in old or
     // erased flash, so the next segment header is nonsense and eboot stops with e:3.
-    let old = Spec::new("1.0.0", Ota::Webserver).build();
-    let mut new = Spec::new("2.0.0", Ota::Webserver);
+    let old = Spec::new("1.0.0", OtaMethod::WebServer).build();
+    let mut new = Spec::new("2.0.0", OtaMethod::WebServer);
     new.bytes = 64 * 1024;
     let b = cut_copy(&old, &new.build(), 5);
     let text = b.read_at(74_880);
@@ -416,8 +417,8 @@ fn power_cut_with_a_larger_image_breaks_the_segment_headers() {
 
 #[test]
 fn a_cut_after_an_erase_leaves_that_sector_blank_and_a_cut_in_sector_0_bricks() {
-    let old = Spec::new("1.0.0", Ota::Webserver).build();
-    let new = Spec::new("2.0.0", Ota::Webserver).build();
+    let old = Spec::new("1.0.0", OtaMethod::WebServer).build();
+    let new = Spec::new("2.0.0", OtaMethod::WebServer).build();
     let staged = 0x80000;
     let stage = |b: &mut Bench| {
         b.chip.hw.flash.program(staged, &new).unwrap();
@@ -444,7 +445,7 @@ fn a_cut_after_an_erase_leaves_that_sector_blank_and_a_cut_in_sector_0_bricks() 
 #[test]
 fn updater_errors_reach_the_server_and_core_models_differ() {
     // Core 3.1.2 started by the ROM loader's "run user code": Update.begin refuses (11).
-    let img = Spec::new("1.0.0", Ota::Webserver).build();
+    let img = Spec::new("1.0.0", OtaMethod::WebServer).build();
     let mut b = Bench::new("sonoff-basic", &img);
     soft_start_after_download(&mut b);
     b.chip.set_button(true);
@@ -517,9 +518,9 @@ fn soft_start_after_download(b: &mut Bench) {
 #[test]
 fn first_restart_after_a_serial_upload_lands_in_download_mode_then_wdt() {
     // The seed's Basic attempt 2, with an old core whose Updater has no bootstrap check.
-    let mut old = Spec::new("1.0.0", Ota::Webserver);
+    let mut old = Spec::new("1.0.0", OtaMethod::WebServer);
     old.core = "2.3.0";
-    let mut new = Spec::new("2.0.0", Ota::Webserver);
+    let mut new = Spec::new("2.0.0", OtaMethod::WebServer);
     new.core = "2.3.0";
     let (old, new) = (old.build(), new.build());
     let mut b = Bench::new("sonoff-basic", &old);
@@ -632,7 +633,7 @@ fn enter_update(b: &mut Bench) {
 #[test]
 fn qio_arduino_file_on_the_esp8285_dies_at_the_first_flash_fetch() {
     // fixtures/images/sonoff-ota-1.0.0-4mb-qio.bin: eboot loads, the app does not.
-    let mut spec = Spec::new("1.0.0", Ota::Arduino);
+    let mut spec = Spec::new("1.0.0", OtaMethod::Arduino);
     spec.mode = FlashMode::Qio;
     spec.size = FlashSize::M4;
     let mut b = Bench::new("sonoff-4ch", &spec.build());
@@ -669,7 +670,7 @@ fn qio_arduino_file_on_the_esp8285_dies_at_the_first_flash_fetch() {
 #[test]
 fn built_in_faults() {
     let with = |fault| {
-        let mut s = Spec::new("1.0.1", Ota::Webserver);
+        let mut s = Spec::new("1.0.1", OtaMethod::WebServer);
         s.fault = Some(fault);
         let mut b = Bench::new("sonoff-basic", &s.build());
         b.power_on();
@@ -730,9 +731,9 @@ fn built_in_faults() {
 
 #[test]
 fn hang_after_ota_runs_until_its_first_boot_after_an_update() {
-    let mut old = Spec::new("1.0.0", Ota::Webserver);
+    let mut old = Spec::new("1.0.0", OtaMethod::WebServer);
     old.fault = Some(Fault::HangAfterOta);
-    let mut new = Spec::new("1.0.1", Ota::Webserver);
+    let mut new = Spec::new("1.0.1", OtaMethod::WebServer);
     new.fault = Some(Fault::HangAfterOta);
     let mut b = Bench::new("sonoff-4ch", &old.build());
     b.power_on();
@@ -763,7 +764,7 @@ fn four_mb_layout_on_a_1mb_basic_stages_over_the_eeprom() {
     // Failure modes C + B, the seed's Basic attempt 1: an app linked for 4 MB (header 4MB) on
     // the 1 MB Basic, with a core whose Updater does not check flash sizes (before 2.1.0).
     let spec = |version| {
-        let mut s = Spec::new(version, Ota::Arduino);
+        let mut s = Spec::new(version, OtaMethod::Arduino);
         s.size = FlashSize::M4;
         s.core = "2.0.0";
         s.build()
@@ -811,7 +812,7 @@ fn four_mb_layout_on_a_1mb_basic_stages_over_the_eeprom() {
     );
 
     // Core 3.1.2 refuses at begin: the running header claims 4 MB on a 1 MB chip.
-    let mut s = Spec::new("1.0.0", Ota::Arduino);
+    let mut s = Spec::new("1.0.0", OtaMethod::Arduino);
     s.size = FlashSize::M4;
     let mut b = Bench::new("sonoff-basic", &s.build());
     b.power_on();
@@ -906,7 +907,7 @@ fn rom_silent_never_answers_and_clears() {
 
 #[test]
 fn app_silent_keeps_rom_and_eboot_lines_and_mutes_the_app() {
-    let img = Spec::new("1.0.0", Ota::Webserver).build();
+    let img = Spec::new("1.0.0", OtaMethod::WebServer).build();
     let mut b = Bench::new("sonoff-4ch", &img);
     b.chip.hw.faults.app_silent = true;
     b.power_on();
@@ -930,7 +931,7 @@ fn app_silent_keeps_rom_and_eboot_lines_and_mutes_the_app() {
 
 #[test]
 fn power_cut_during_ota_fires_once_the_updater_has_the_bytes() {
-    let old = Spec::new("1.0.0", Ota::Webserver).build();
+    let old = Spec::new("1.0.0", OtaMethod::WebServer).build();
     let mut b = Bench::new("sonoff-basic", &old);
     b.power_on();
     b.run(ms(3000));
@@ -947,7 +948,7 @@ fn power_cut_during_ota_fires_once_the_updater_has_the_bytes() {
         md5: None,
     };
     assert_eq!(b.ota(g, begin), OtaReply::Ok);
-    let new = Spec::new("2.0.0", Ota::Webserver).build();
+    let new = Spec::new("2.0.0", OtaMethod::WebServer).build();
     assert_eq!(
         b.ota(g, OtaRequest::Write(new[..2048].to_vec())),
         OtaReply::Written(2048)

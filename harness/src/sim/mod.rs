@@ -76,6 +76,9 @@ pub(crate) mod eboot;
 #[cfg(test)]
 mod flash_boot_tests;
 pub mod flash_model;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub(crate) mod ota_espota;
 pub(crate) mod ota_http;
@@ -591,12 +594,14 @@ fn run_chip(
     mut clock: Clock,
     cable: Arc<pty::Cable>,
 ) {
-    let mut floor = RateSwitchFloor::default();
+    let mut floor = RateSwitchFloor {
+        last: None,
+        cable: Arc::clone(&cable),
+    };
     let mut flush = |chip: &mut Chip, clock: &mut Clock| {
         epoch.store(chip.hw.epoch(), Ordering::Relaxed);
-        let outputs = chip.take_output();
-        floor.before(&outputs, clock);
-        for o in outputs {
+        for o in chip.take_output() {
+            floor.before(&o, clock);
             let _ = out.send(pty::WriterMsg::Out(o));
         }
     };
@@ -685,42 +690,52 @@ fn run_chip(
     }
 }
 
-/// Least real time between the chip's last byte at one UART rate and its first at another.
+/// Longest real time the chip waits at a UART rate switch for the host to follow.
 ///
 /// On hardware about 100 ms pass between eboot's `ld` at 74880 baud and the app's first line at
 /// its own rate (SDK start-up), and as long between a restart announcement and the ROM banner.
 /// A fast device clock shrinks that to a few milliseconds, less than a host needs to see the
-/// line and switch its port. So when the chip changes rate, the chip thread waits for the rest
-/// of this gap and stops the device clock meanwhile: the board's timeline is unchanged, it only
-/// runs slower around rate switches.
-pub const RATE_SWITCH_GAP: Duration = Duration::from_millis(60);
+/// line and switch its port, more so on a loaded machine. So at the fast time scale, when the
+/// chip changes rate, the chip thread waits until the host's port is at the new rate (the pty
+/// shows it), for at most this long, and stops the device clock meanwhile: the board's timeline
+/// is unchanged, it only runs slower around rate switches. A host that does not follow gets
+/// garbage after the wait, as on hardware. With realistic timing there is no wait.
+pub const RATE_SWITCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Enforces [`RATE_SWITCH_GAP`] on the chip thread.
-#[derive(Debug, Default)]
+/// Makes the chip thread wait for the host at rate switches (see [`RATE_SWITCH_WAIT`]).
+#[derive(Debug)]
 struct RateSwitchFloor {
     /// Rate of the last transmitted bytes and when they were handed to the writer.
     last: Option<(u32, Instant)>,
+    /// The cable, whose pty shows the rate the host set on its end (none while unplugged).
+    cable: Arc<pty::Cable>,
 }
 
 impl RateSwitchFloor {
-    fn before(&mut self, outputs: &[chip::Output], clock: &mut Clock) {
-        let mut rates = outputs.iter().filter_map(|o| match o {
-            chip::Output::Tx { baud, .. } => Some(*baud),
-            chip::Output::Delay { .. } => None,
-        });
-        let Some(first) = rates.next() else { return };
+    /// Called before each output is handed to the writer; one batch can hold both sides of a
+    /// switch (eboot's `ld` and the app's first line when the thread woke late).
+    fn before(&mut self, output: &chip::Output, clock: &mut Clock) {
+        let chip::Output::Tx { baud, .. } = output else {
+            return;
+        };
         if let Some((last_baud, at)) = self.last
-            && last_baud != first
+            && last_baud != *baud
             && clock.scale() < Clock::REALISTIC
         {
-            let wait = (at + RATE_SWITCH_GAP).saturating_duration_since(Instant::now());
-            if !wait.is_zero() {
-                std::thread::sleep(wait);
-                clock.pause(wait);
+            let started = Instant::now();
+            let deadline = at + RATE_SWITCH_WAIT;
+            while Instant::now() < deadline
+                && !self
+                    .cable
+                    .current()
+                    .and_then(|pty| pty.rate_probe().host_baud())
+                    .is_some_and(|host| uart::rates_match(*baud, host))
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
+            clock.pause(started.elapsed());
         }
-        let last = rates.next_back().unwrap_or(first);
-        self.last = Some((last, Instant::now()));
+        self.last = Some((*baud, Instant::now()));
     }
 }
 

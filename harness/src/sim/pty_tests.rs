@@ -11,8 +11,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::board;
+use crate::firmware::OtaMethod;
 use crate::firmware::behaviour;
-use crate::image::{self, BuildSpec, Identity, Ota};
+use crate::image::{self, BuildSpec, Identity};
 use crate::ota::updater::UpdateCommand;
 use crate::triage::{self, Class};
 
@@ -41,7 +42,7 @@ fn build(version: &str, core: &str) -> Vec<u8> {
 }
 
 fn build_sized(version: &str, core: &str, size: usize) -> Vec<u8> {
-    let id = Identity::new("sonoff-ota", version, Ota::Webserver, None)
+    let id = Identity::new("sonoff-ota", version, OtaMethod::WebServer, None)
         .unwrap()
         .with_core(core)
         .unwrap();

@@ -58,8 +58,10 @@ pub fn rom_erased_sectors(offset: u32, erase_size: u32) -> u32 {
 }
 
 /// Erases `count` sectors from the sector containing `offset`, the way the ROM does (single
-/// sectors up to a 64 KiB boundary, then whole blocks, then single sectors).
+/// sectors up to a 64 KiB boundary, then whole blocks, then single sectors). Sector addresses
+/// wrap at 4 GiB, as the flash model's addresses wrap at its size.
 fn erase_sectors(hw: &mut Hw, offset: u32, count: u32) -> Result<(), RomError> {
+    let at = |sector: u32| sector.wrapping_mul(FLASH_SECTOR_SIZE);
     let first = offset / FLASH_SECTOR_SIZE;
     let mut busy = std::time::Duration::ZERO;
     let mut sector = first;
@@ -68,14 +70,14 @@ fn erase_sectors(hw: &mut Hw, offset: u32, count: u32) -> Result<(), RomError> {
         if sector.is_multiple_of(SECTORS_PER_BLOCK) && left >= SECTORS_PER_BLOCK {
             for s in sector..sector + SECTORS_PER_BLOCK {
                 hw.flash
-                    .erase_sector(s * FLASH_SECTOR_SIZE)
+                    .erase_sector(at(s))
                     .map_err(|_| RomError::FlashWrite)?;
             }
             busy += BLOCK_ERASE_TIME;
             sector += SECTORS_PER_BLOCK;
         } else {
             hw.flash
-                .erase_sector(sector * FLASH_SECTOR_SIZE)
+                .erase_sector(at(sector))
                 .map_err(|_| RomError::FlashWrite)?;
             busy += SECTOR_ERASE_TIME;
             sector += 1;
@@ -426,6 +428,25 @@ mod tests {
                 .iter()
                 .all(|&b| b == 0)
         );
+    }
+
+    #[test]
+    fn flash_begin_at_the_top_of_the_address_space_erases_wrapped() {
+        // Found while fuzzing the loader (fixtures/fuzz-regressions/sim_loader): the sector
+        // address overflowed for sectors past 4 GiB.
+        let mut c = download("sonoff-4ch");
+        transact(&mut c, &Command::sync());
+        let size = c.hw.flash.size();
+        c.hw.flash.program(size - 0x1000, &[0u8; 4]).unwrap();
+        c.hw.flash.program(0, &[0u8; 4]).unwrap();
+        c.hw.flash.program(0x1000, &[0u8; 4]).unwrap();
+        // One sector asked for at the last sector below 4 GiB: the ROM erases two (its
+        // double-counting up to the 64 KiB boundary), the second one past 4 GiB.
+        let begin = Command::from_words(Op::FlashBegin, &[0x1000, 1, 0x400, 0xFFFF_F000]);
+        assert_eq!(one(&mut c, &begin).data, vec![0, 0]);
+        let erased = |c: &Chip, at: u32| c.hw.flash.sector_is_blank(at).unwrap();
+        assert!(erased(&c, size - 0x1000) && erased(&c, 0));
+        assert!(!erased(&c, 0x1000), "only two sectors");
     }
 
     #[test]

@@ -45,16 +45,16 @@ pub enum StubKind {
 }
 
 /// Identifies one esptool stub build by where esptool loads it.
-struct StubSignature {
-    kind: StubKind,
-    entry: u32,
-    text_start: u32,
-    text_len: usize,
+pub(super) struct StubSignature {
+    pub(super) kind: StubKind,
+    pub(super) entry: u32,
+    pub(super) text_start: u32,
+    pub(super) text_len: usize,
 }
 
 /// The stubs shipped with esptool 5.6.0 (`entry`, `text_start` and the decoded `text` length of
 /// `targets/stub_flasher/{2,1}/esp8266.json`).
-const KNOWN_STUBS: [StubSignature; 2] = [
+pub(super) const KNOWN_STUBS: [StubSignature; 2] = [
     StubSignature {
         kind: StubKind::Current,
         entry: 0x4010_C504,
@@ -97,9 +97,10 @@ struct FlashOp {
     addr: u32,
     /// Uncompressed bytes still expected.
     remaining: u32,
-    /// Next sector start not yet erased, and the end of the erase range.
-    erase_next: u32,
-    erase_end: u32,
+    /// Next sector start not yet erased, and the end of the erase range. 64-bit: a session may
+    /// end at 4 GiB (offset + size past `u32::MAX`); the flash model wraps addresses anyway.
+    erase_next: u64,
+    erase_end: u64,
     /// zlib state of a compressed write.
     inflate: Option<Inflate>,
 }
@@ -332,8 +333,9 @@ impl Stub {
         if self.kind == StubKind::Legacy && block_size > STUB_FLASH_BLOCK {
             return Err(StubError::BadBlocksize);
         }
-        let erase_next = offset / FLASH_SECTOR_SIZE * FLASH_SECTOR_SIZE;
-        let erase_end = offset.saturating_add(size).div_ceil(FLASH_SECTOR_SIZE) * FLASH_SECTOR_SIZE;
+        let sector = u64::from(FLASH_SECTOR_SIZE);
+        let erase_next = u64::from(offset) / sector * sector;
+        let erase_end = (u64::from(offset) + u64::from(size)).div_ceil(sector) * sector;
         self.flash = Some(FlashOp {
             addr: offset,
             remaining: size,
@@ -477,21 +479,23 @@ impl Stub {
 
 /// Erases sectors up to the end of the write, then programs `data` at the session's address.
 fn write_flash(op: &mut FlashOp, hw: &mut Hw, data: &[u8]) -> Result<(), StubError> {
-    let end = op.addr.saturating_add(data.len() as u32).min(op.erase_end);
+    let end = (u64::from(op.addr) + data.len() as u64).min(op.erase_end);
     let mut busy = Duration::ZERO;
     while op.erase_next < end {
+        // The flash model wraps addresses at its size, a power of two; so does truncation here.
+        let sector = op.erase_next as u32;
         // The current stub skips sectors that are already blank.
         if !hw
             .flash
-            .sector_is_blank(op.erase_next)
+            .sector_is_blank(sector)
             .map_err(|_| StubError::FailedSpiOp)?
         {
             busy += hw
                 .flash
-                .erase_sector(op.erase_next)
+                .erase_sector(sector)
                 .map_err(|_| StubError::FailedSpiOp)?;
         }
-        op.erase_next += FLASH_SECTOR_SIZE;
+        op.erase_next += u64::from(FLASH_SECTOR_SIZE);
     }
     busy += hw
         .flash
@@ -629,6 +633,29 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(c.program().name(), "rom-download");
+    }
+
+    #[test]
+    fn flash_begin_ending_past_4_gib_erases_and_writes_wrapped() {
+        // Found by fuzzing (fixtures/fuzz-regressions/sim_loader): the erase end of a session
+        // ending past u32::MAX overflowed.
+        let mut c = stub_chip("sonoff-basic");
+        let size = c.hw.flash.size();
+        c.hw.flash.program(size - 0x1000, &[0u8; 16]).unwrap();
+        c.hw.flash.program(0, &[0u8; 16]).unwrap();
+        let begin = Command::from_words(Op::FlashBegin, &[0x2000, 1, 0x4000, 0xFFFF_F000]);
+        assert_eq!(one(&mut c, &begin).data, vec![0, 0]);
+        let data = vec![0x5Au8; 0x2000];
+        let r = one(&mut c, &Command::data(Op::FlashData, &data, 0));
+        assert_eq!(r.data, vec![0, 0]);
+        // Addresses wrap at the flash size: the last sector, then sector 0, both erased first.
+        assert_eq!(
+            c.hw.flash.read_vec(size - 0x1000, 0x1000).unwrap(),
+            data[..0x1000]
+        );
+        assert_eq!(c.hw.flash.read_vec(0, 0x1000).unwrap(), data[0x1000..]);
+        let end = Command::from_words(Op::FlashEnd, &[1]);
+        assert_eq!(one(&mut c, &end).data, vec![0, 0]);
     }
 
     #[test]

@@ -1,0 +1,5 @@
+//! See [`harness::fuzzing::bootlog`] for the input layout and the properties checked.
+
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::fuzzing::bootlog(data));
