@@ -470,8 +470,10 @@ fn every_scenario_in_the_repository_passes_on_the_virtual_rig() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
         .current_dir(repo_root())
         .args(&args)
-        // The password built into the `-pw` fixture images (fixtures/images/README.md).
+        // The password built into the `-pw` fixture images (fixtures/images/README.md), and a
+        // wrong one for scenarios/ota-password-refused.toml.
         .env("HIL_OTA_PASSWORD", "hil-test")
+        .env("HIL_OTA_WRONG_PASSWORD", "not-the-password")
         .output()
         .unwrap();
     assert_eq!(

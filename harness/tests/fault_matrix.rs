@@ -63,12 +63,7 @@ fn power_cut_during_the_eboot_copy_at_several_sectors() {
             &scenario,
         ),
         // All but the last of its 64 sectors: the same.
-        (
-            "sonoff-4ch",
-            "power-cut-during-copy 63",
-            no_load,
-            &scenario,
-        ),
+        ("sonoff-4ch", "power-cut-during-copy 63", no_load, &scenario),
         // Half of the same-sized image: the app loads, its checksum is wrong, it crashes at
         // every boot.
         (

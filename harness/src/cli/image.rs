@@ -119,6 +119,11 @@ struct MakeArgs {
     #[arg(long, value_name = "TEXT")]
     password: Option<String>,
 
+    /// Keep only the first BYTES of the file (a download cut short: header intact, segments
+    /// cut; for tests of what refuses such a file).
+    #[arg(long, value_parser = parse_bytes, value_name = "BYTES")]
+    truncate: Option<usize>,
+
     /// Output file.
     #[arg(short, long, value_name = "FILE")]
     output: PathBuf,
@@ -155,7 +160,16 @@ fn make(a: MakeArgs) -> CmdResult {
         flash_freq: a.flash_freq,
         size: a.size.unwrap_or(DEFAULT_SIZE),
     };
-    let bytes = image::build(&spec)?;
+    let mut bytes = image::build(&spec)?;
+    if let Some(keep) = a.truncate {
+        if keep >= bytes.len() {
+            miette::bail!(
+                "--truncate {keep} keeps the whole {}-byte image; give fewer bytes",
+                bytes.len()
+            );
+        }
+        bytes.truncate(keep);
+    }
     std::fs::write(&a.output, &bytes)
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot write {}", a.output.display()))?;

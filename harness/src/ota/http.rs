@@ -86,6 +86,9 @@ pub struct HttpConfig {
     pub user: String,
     /// The password (the firmware's SMN_OTA_PASSWORD), if any; sent with the request.
     pub password: Option<Password>,
+    /// Local address to connect from; `None` lets the OS choose (another host's address, for
+    /// tests of who may upload).
+    pub local_ip: Option<std::net::IpAddr>,
     /// Step timeouts.
     pub timeouts: HttpTimeouts,
 }
@@ -101,6 +104,7 @@ impl HttpConfig {
             field: b.field.clone(),
             user: b.user.clone(),
             password: None,
+            local_ip: None,
             timeouts: HttpTimeouts::default(),
         }
     }
@@ -211,7 +215,25 @@ pub fn upload(
 
 fn connect(cfg: &HttpConfig) -> Result<TcpStream, OtaError> {
     let device = cfg.device;
-    TcpStream::connect_timeout(&device, cfg.timeouts.connect).map_err(|e| match e.kind() {
+    let connected = match cfg.local_ip {
+        None => TcpStream::connect_timeout(&device, cfg.timeouts.connect),
+        Some(ip) => {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(device),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )
+            .and_then(|s| s.bind(&std::net::SocketAddr::new(ip, 0).into()).map(|()| s))
+            .map_err(|source| OtaError::Io {
+                action: "bind the local address for the upload",
+                source,
+            })?;
+            socket
+                .connect_timeout(&device.into(), cfg.timeouts.connect)
+                .map(|()| socket.into())
+        }
+    };
+    connected.map_err(|e| match e.kind() {
         io::ErrorKind::ConnectionRefused => OtaError::ConnectionRefused { device, source: e },
         io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => OtaError::ConnectTimeout {
             device,

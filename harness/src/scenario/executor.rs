@@ -72,6 +72,19 @@ pub struct OtaRequest<'a> {
     pub image: &'a Path,
     /// The password, when the step names a `password_env`.
     pub password: Option<&'a str>,
+    /// The local address to upload from; `None`: the one the OS picks.
+    pub from: Option<std::net::IpAddr>,
+}
+
+/// What two overlapping uploads came to ([`Executor::ota_contended`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContendedOutcome {
+    /// The upload that started first.
+    pub first: OtaOutcome,
+    /// The one started while the first was under way.
+    pub second: OtaOutcome,
+    /// Bytes of the first image sent when the second uploader started (and its total).
+    pub second_started_at: Option<(u64, u64)>,
 }
 
 /// What the device did with an OTA upload.
@@ -170,6 +183,19 @@ pub trait Executor {
 
     /// Uploads an image over the air and reports what the device answered.
     fn ota(&mut self, request: &OtaRequest<'_>) -> Result<OtaOutcome, ExecError>;
+
+    /// Uploads `first`, and `second` from another uploader once the first is under way (its
+    /// first image bytes sent); reports what the device answered each.
+    fn ota_contended(
+        &mut self,
+        first: &OtaRequest<'_>,
+        second: &OtaRequest<'_>,
+    ) -> Result<ContendedOutcome, ExecError> {
+        let _ = (first, second);
+        Err(ExecError::Unsupported {
+            what: "run two OTA uploads at once".into(),
+        })
+    }
 
     /// Lets `duration` of device time pass (capturing meanwhile).
     fn wait(&mut self, duration: Duration) -> Result<(), ExecError>;

@@ -36,7 +36,11 @@
 //! `flash = { image, power_cycle_after?, force? }`, `wait_boot = { timeout? }`,
 //! `expect_line = { contains, timeout? }`,
 //! `expect_identity = { app?, version?, ota?, state?, timeout? }`, `enter_update = { timeout? }`,
-//! `ota = { method, image, password_env?, force? }`,
+//! `ota = { method, image, password_env?, force?, second? }` (`second = { image, password_env?,
+//! from? }`: a second uploader that starts once this upload is under way, from the local
+//! address `from` if given; the step then passes when this upload is accepted and the second is
+//! not, so a scenario can show that uploads never interleave and that a second host gets
+//! nowhere),
 //! `expect_ota_refused = { method, image, reason, code?, password_env? }`,
 //! (`reason`: not-in-update-state, auth, updater-error, transfer or protocol; `code` = the
 //! Updater's `ERROR[n]`), `expect_lint_refusal = { image, lint? }`, `expect_triage = "class"` or
@@ -62,13 +66,14 @@ use std::path::{Path, PathBuf};
 
 pub use error::{Location, Problem, ScenarioError};
 pub use executor::{
-    CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest, ota_outcome,
+    CaptureMark, ContendedOutcome, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome,
+    OtaRequest, ota_outcome,
 };
 pub use fake::FakeExecutor;
 pub use model::{BUILTIN_PARAMS, Capability, Scenario, ScenarioFile};
 pub use rig_executor::RigExecutor;
 pub use runner::{ExecutorFactory, Progress, run, run_all, skipped};
-pub use step::{LineMatcher, PowerAction, Refusal, Step, StepKind};
+pub use step::{LineMatcher, PowerAction, Refusal, SecondUpload, Step, StepKind};
 
 /// Finds images for one scenario file: next to the file first, then from the repository root.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use super::raw::{
 };
 use super::step::{
     DEFAULT_BOOT_TIMEOUT, DEFAULT_LINE_TIMEOUT, FlashStep, IdentityWant, LONG_PRESS_MARGIN,
-    LineMatcher, OtaStep, PowerAction, Refusal, SHORT_PRESS, Step, StepKind,
+    LineMatcher, OtaStep, PowerAction, Refusal, SHORT_PRESS, SecondUpload, Step, StepKind,
 };
 use crate::board::{self, BoardProfile};
 use crate::firmware::{self, FwState, OtaMethod};
@@ -760,11 +760,40 @@ impl Ctx<'_> {
                 self.need(Capability::for_ota(method), "ota", key_span)?;
                 let force = o.force.as_ref().is_some_and(|f| *f.get_ref());
                 let (image, image_display) = self.image("ota.image", &o.image, !force)?;
+                let second = match &o.second {
+                    None => None,
+                    Some(sec) => {
+                        let sec = sec.get_ref();
+                        // What a second uploader sends is not the harness's to lint.
+                        let (image, image_display) =
+                            self.image("ota.second.image", &sec.image, false)?;
+                        let from = sec
+                            .from
+                            .as_ref()
+                            .map(|f| {
+                                self.word(
+                                    "ota.second.from",
+                                    f,
+                                    |t| t.parse::<std::net::IpAddr>().ok(),
+                                    "an IP address of this host, such as 127.1.2.3",
+                                )
+                            })
+                            .transpose()?;
+                        Some(SecondUpload {
+                            image,
+                            image_display,
+                            password_env: self
+                                .password_env("ota.second.password_env", &sec.password_env)?,
+                            from,
+                        })
+                    }
+                };
                 StepKind::Ota(OtaStep {
                     method,
                     image,
                     image_display,
                     password_env: self.password_env("ota.password_env", &o.password_env)?,
+                    second,
                 })
             }
             RawKind::ExpectOtaRefused(s) => {
@@ -799,6 +828,7 @@ impl Ctx<'_> {
                         image_display,
                         password_env: self
                             .password_env("expect_ota_refused.password_env", &o.password_env)?,
+                        second: None,
                     },
                     reason,
                     code: o.code.as_ref().map(|c| *c.get_ref()),

@@ -232,6 +232,16 @@ pub(crate) struct RawOta {
     pub image: Spanned<String>,
     pub password_env: Option<Spanned<String>>,
     pub force: Option<Spanned<bool>>,
+    pub second: Option<Spanned<RawSecondUpload>>,
+}
+
+/// `ota.second`: a second uploader that starts while the step's upload runs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawSecondUpload {
+    pub image: Spanned<String>,
+    pub password_env: Option<Spanned<String>>,
+    pub from: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::executor::{
-    CaptureMark, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome, OtaRequest, ota_outcome,
+    CaptureMark, ContendedOutcome, ExecError, Executor, FlashOutcome, LineWait, OtaOutcome,
+    OtaRequest, ota_outcome,
 };
 use super::model::Capability;
 use super::step::{IdentityWant, LineMatcher, PowerAction};
@@ -107,6 +108,32 @@ impl LineStore {
     }
 }
 
+/// An OTA upload ready to run (see [`RigExecutor::prepare_upload`]).
+struct Upload {
+    client: Client,
+    bytes: Vec<u8>,
+    name: String,
+}
+
+enum Client {
+    Espota(ota::espota::EspotaConfig),
+    Http(ota::http::HttpConfig),
+}
+
+impl Upload {
+    fn run(&self, progress: &mut dyn FnMut(&ota::Event)) -> Result<ota::Delivered, ota::OtaError> {
+        let payload = Payload {
+            bytes: &self.bytes,
+            name: &self.name,
+        };
+        let cancel = Cancel::new();
+        match &self.client {
+            Client::Espota(cfg) => ota::espota::upload(cfg, payload, progress, &cancel),
+            Client::Http(cfg) => ota::http::upload(cfg, payload, progress, &cancel),
+        }
+    }
+}
+
 /// The [`Executor`] of a rig board.
 #[derive(Debug)]
 pub struct RigExecutor {
@@ -192,6 +219,54 @@ impl RigExecutor {
                 Err(_) => return None,
             }
         }
+    }
+
+    /// An upload as a client will run it: the image read, the device address resolved, the
+    /// client's timeouts scaled to the rig.
+    fn prepare_upload(&self, request: &OtaRequest<'_>) -> Result<Upload, ExecError> {
+        let device = self.ota_address(request.method)?;
+        let bytes = std::fs::read(request.image).map_err(|source| ExecError::Failed {
+            action: "read the OTA image",
+            source: Box::new(source),
+        })?;
+        let password = request.password.map(Password::new);
+        // The clients' timeouts are espota's and a browser's patience with a real board. A board
+        // on a faster clock answers (or stays silent) that much sooner, so the waits shrink with
+        // the rig's time scale, but never below a second of real time for the host's own delays.
+        let wait = |d: Duration| self.real(d).max(Duration::from_secs(1)).min(d);
+        let client = match request.method {
+            OtaMethod::Arduino => {
+                let mut cfg = ota::espota::EspotaConfig::new(device);
+                cfg.password = password;
+                cfg.local_ip = request.from;
+                let t = &mut cfg.timeouts;
+                for d in [
+                    &mut t.invite,
+                    &mut t.auth,
+                    &mut t.connect_back,
+                    &mut t.reply,
+                    &mut t.result,
+                ] {
+                    *d = wait(*d);
+                }
+                Client::Espota(cfg)
+            }
+            OtaMethod::WebServer => {
+                let mut cfg = ota::http::HttpConfig::new(device);
+                cfg.password = password;
+                cfg.local_ip = request.from;
+                let t = &mut cfg.timeouts;
+                for d in [&mut t.connect, &mut t.stall, &mut t.response] {
+                    *d = wait(*d);
+                }
+                Client::Http(cfg)
+            }
+        };
+        Ok(Upload {
+            client,
+            bytes,
+            name: request.image.display().to_string(),
+        })
     }
 
     fn ota_address(&self, method: OtaMethod) -> Result<SocketAddr, ExecError> {
@@ -385,49 +460,44 @@ impl Executor for RigExecutor {
     }
 
     fn ota(&mut self, request: &OtaRequest<'_>) -> Result<OtaOutcome, ExecError> {
-        let device = self.ota_address(request.method)?;
-        let bytes = std::fs::read(request.image).map_err(|source| ExecError::Failed {
-            action: "read the OTA image",
-            source: Box::new(source),
-        })?;
-        let name = request.image.display().to_string();
-        let payload = Payload {
-            bytes: &bytes,
-            name: &name,
-        };
-        let password = request.password.map(Password::new);
-        let cancel = Cancel::new();
-        // The clients' timeouts are espota's and a browser's patience with a real board. A board
-        // on a faster clock answers (or stays silent) that much sooner, so the waits shrink with
-        // the rig's time scale, but never below a second of real time for the host's own delays.
-        let wait = |d: Duration| self.real(d).max(Duration::from_secs(1)).min(d);
-        let result = match request.method {
-            OtaMethod::Arduino => {
-                let mut cfg = ota::espota::EspotaConfig::new(device);
-                cfg.password = password;
-                let t = &mut cfg.timeouts;
-                for d in [
-                    &mut t.invite,
-                    &mut t.auth,
-                    &mut t.connect_back,
-                    &mut t.reply,
-                    &mut t.result,
-                ] {
-                    *d = wait(*d);
+        let upload = self.prepare_upload(request)?;
+        ota_outcome(upload.run(&mut |_| {}))
+    }
+
+    fn ota_contended(
+        &mut self,
+        first: &OtaRequest<'_>,
+        second: &OtaRequest<'_>,
+    ) -> Result<ContendedOutcome, ExecError> {
+        let first = self.prepare_upload(first)?;
+        let second = self.prepare_upload(second)?;
+        let (go, started) = std::sync::mpsc::channel();
+        let (first_result, second_result, started_at) = std::thread::scope(|scope| {
+            let other = scope.spawn(move || {
+                // Once the first upload has image bytes on the wire, or it has ended.
+                let at = started.recv().ok();
+                (second.run(&mut |_| {}), at)
+            });
+            let mut go = Some(go);
+            let first_result = first.run(&mut |event| {
+                if let ota::Event::Progress { sent, total } = *event
+                    && sent > 0
+                    && let Some(go) = go.take()
+                {
+                    let _ = go.send((sent, total));
                 }
-                ota::espota::upload(&cfg, payload, &mut |_| {}, &cancel)
-            }
-            OtaMethod::WebServer => {
-                let mut cfg = ota::http::HttpConfig::new(device);
-                cfg.password = password;
-                let t = &mut cfg.timeouts;
-                for d in [&mut t.connect, &mut t.stall, &mut t.response] {
-                    *d = wait(*d);
-                }
-                ota::http::upload(&cfg, payload, &mut |_| {}, &cancel)
-            }
-        };
-        ota_outcome(result)
+            });
+            drop(go);
+            let (second_result, at) = other.join().unwrap_or_else(|panic| {
+                std::panic::resume_unwind(panic);
+            });
+            (first_result, second_result, at)
+        });
+        Ok(ContendedOutcome {
+            first: ota_outcome(first_result)?,
+            second: ota_outcome(second_result)?,
+            second_started_at: started_at,
+        })
     }
 
     fn wait(&mut self, duration: Duration) -> Result<(), ExecError> {

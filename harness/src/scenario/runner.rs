@@ -414,6 +414,7 @@ impl Runner<'_, '_> {
                     *timeout,
                 )
             }
+            StepKind::Ota(ota) if ota.second.is_some() => self.contended(ota)?,
             StepKind::Ota(ota) => {
                 let outcome = self.ota(ota)?;
                 let observed = describe_ota(&outcome);
@@ -547,18 +548,59 @@ impl Runner<'_, '_> {
     }
 
     fn ota(&mut self, ota: &OtaStep) -> Result<OtaOutcome, StepError> {
-        let password = match &ota.password_env {
-            Some(name) => Some(
-                std::env::var(name).map_err(|_| StepError::MissingEnv { name: name.clone() })?,
-            ),
-            None => None,
-        };
+        let password = password(&ota.password_env)?;
         self.cursor = self.exec.mark()?;
         Ok(self.exec.ota(&OtaRequest {
             method: ota.method,
             image: &ota.image,
             password: password.as_deref(),
+            from: None,
         })?)
+    }
+
+    /// An `ota` step with a second uploader: passes when the step's upload is accepted and
+    /// the second is not.
+    fn contended(&mut self, ota: &OtaStep) -> Result<Outcome, StepError> {
+        let Some(second) = &ota.second else {
+            unreachable!("called for steps with a second uploader")
+        };
+        let first_pw = password(&ota.password_env)?;
+        let second_pw = password(&second.password_env)?;
+        self.cursor = self.exec.mark()?;
+        let got = self.exec.ota_contended(
+            &OtaRequest {
+                method: ota.method,
+                image: &ota.image,
+                password: first_pw.as_deref(),
+                from: None,
+            },
+            &OtaRequest {
+                method: ota.method,
+                image: &second.image,
+                password: second_pw.as_deref(),
+                from: second.from,
+            },
+        )?;
+        let ok = matches!(got.first, OtaOutcome::Accepted { .. })
+            && !matches!(got.second, OtaOutcome::Accepted { .. });
+        let started = match got.second_started_at {
+            Some((sent, total)) => format!(" (started when {sent} of {total} bytes were sent)"),
+            None => " (started after the first ended)".to_string(),
+        };
+        let from = second
+            .from
+            .map(|f| format!(" from {f}"))
+            .unwrap_or_default();
+        Ok(Outcome::check(
+            ok,
+            "upload accepted; the second uploader's upload refused or left waiting, never mixed in"
+                .into(),
+            format!(
+                "first: {}; second{from}{started}: {}",
+                describe_ota(&got.first),
+                describe_ota(&got.second)
+            ),
+        ))
     }
 
     fn lint_refusal(
@@ -605,6 +647,16 @@ impl Runner<'_, '_> {
                 Outcome::check(ok, expected, observed)
             }
         })
+    }
+}
+
+/// The password in the environment variable a step names, if it names one.
+fn password(env: &Option<String>) -> Result<Option<String>, StepError> {
+    match env {
+        Some(name) => std::env::var(name)
+            .map(Some)
+            .map_err(|_| StepError::MissingEnv { name: name.clone() }),
+        None => Ok(None),
     }
 }
 

@@ -209,6 +209,24 @@ pub struct OtaStep {
     pub image_display: String,
     /// Environment variable holding the password; `None` uploads without one.
     pub password_env: Option<String>,
+    /// A second uploader that starts while this upload runs (`ota` steps only).
+    pub second: Option<SecondUpload>,
+}
+
+/// `ota.second`: another uploader, started once the step's own upload is under way (its first
+/// image bytes have gone out). The step passes when the first upload is accepted and the
+/// second is not: refused, or kept waiting until the board restarted into the first image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecondUpload {
+    /// Its image (resolved; not linted: it may be anything an uploader sends).
+    pub image: PathBuf,
+    /// The path as written, for reports.
+    pub image_display: String,
+    /// Environment variable holding its password; `None` uploads without one.
+    pub password_env: Option<String>,
+    /// The local address it uploads from (another host, as far as the board can tell);
+    /// `None`: the address the OS picks, as for the first.
+    pub from: Option<std::net::IpAddr>,
 }
 
 /// A serial flash as a step asks for it.
@@ -363,7 +381,16 @@ impl fmt::Display for StepKind {
             StepKind::EnterUpdate { hold, .. } => {
                 write!(f, "enter UPDATE (hold the button {})", dur(*hold))
             }
-            StepKind::Ota(o) => write!(f, "OTA {} {}", o.method, o.image_display),
+            StepKind::Ota(o) => {
+                write!(f, "OTA {} {}", o.method, o.image_display)?;
+                if let Some(second) = &o.second {
+                    write!(f, " while a second uploader sends {}", second.image_display)?;
+                    if let Some(from) = second.from {
+                        write!(f, " from {from}")?;
+                    }
+                }
+                Ok(())
+            }
             StepKind::ExpectOtaRefused { ota, reason, code } => {
                 write!(
                     f,

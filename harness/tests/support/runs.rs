@@ -78,6 +78,13 @@ impl Bench {
         self.run_with(scenario, faults, env, |_| {})
     }
 
+    /// Runs `scenario` with one matrix value chosen (`--param method=arduino`).
+    pub fn run_param(&mut self, scenario: &str, param: &str, env: &[(&str, &str)]) -> Run {
+        self.run_with(scenario, &[], env, |cmd| {
+            cmd.args(["--param", param]);
+        })
+    }
+
     /// As [`run`](Self::run), with a hook to adjust the command (limits, signals).
     pub fn run_with(
         &mut self,
