@@ -13,7 +13,6 @@ mod runs;
 
 use runs::{Bench, fixture, flashed, repo_root};
 
-const METHODS: [&str; 2] = ["arduino", "webserver"];
 const FLASH_SIZE: usize = 1 << 20;
 /// The password of the `-pw` fixtures, and a wrong one.
 const ENV: [(&str, &str); 2] = [
