@@ -6,9 +6,10 @@
 //! - `Drop` of [`super::BoardRig`]: normal ends, errors, timeouts, and panics that unwind
 //!   through the rig's owner.
 //! - A signal thread ([`install_signal_handler`]): SIGINT, SIGTERM and SIGHUP apply the safe
-//!   state of every open board, then exit with 128 + the signal (130, 143, 129). Destructors do
-//!   not run on that path; the capture loses nothing since it writes unbuffered, and a
-//!   simulator started by the harness dies with it (see `rig::virtual`).
+//!   state of every open board, keep the boards' lines locked so that a step still running on
+//!   the main thread cannot undo it, then exit with 128 + the signal (130, 143, 129).
+//!   Destructors do not run on that path; the capture loses nothing since it writes unbuffered,
+//!   and a simulator started by the harness dies with it (see `rig::virtual`).
 //! - A panic hook ([`install_panic_hook`]): before the panic unwinds (or aborts), applies the
 //!   safe state of the boards opened by the panicking thread. Boards of other threads are left
 //!   alone: a thread that panics says nothing about a board another thread drives (the test
@@ -84,6 +85,17 @@ pub(crate) fn register(
 
 /// Applies the safe state to every registered board; returns how many were reached.
 pub fn apply_all(reason: &str) -> usize {
+    apply_registered(reason, false)
+}
+
+/// As [`apply_all`], then keeps every board's lines locked until the process ends: the signal
+/// path's last word, so that a step still running on another thread cannot switch power or
+/// press GPIO0 again between the safe state and the exit.
+fn freeze_all(reason: &str) -> usize {
+    apply_registered(reason, true)
+}
+
+fn apply_registered(reason: &str, freeze: bool) -> usize {
     let entries: Vec<_> = registry()
         .iter()
         .map(|e| {
@@ -98,7 +110,7 @@ pub fn apply_all(reason: &str) -> usize {
     entries
         .iter()
         .filter(|(board, lines, capture, at_exit)| {
-            apply(board, lines, capture, *at_exit, reason, LOCK_WAIT)
+            apply(board, lines, capture, *at_exit, reason, LOCK_WAIT, freeze)
         })
         .count()
 }
@@ -123,7 +135,15 @@ fn apply_current_thread(reason: &str) {
         Err(_) => return,
     };
     for (board, lines, capture, at_exit) in &entries {
-        apply(board, lines, capture, *at_exit, reason, PANIC_LOCK_WAIT);
+        apply(
+            board,
+            lines,
+            capture,
+            *at_exit,
+            reason,
+            PANIC_LOCK_WAIT,
+            false,
+        );
     }
 }
 
@@ -134,6 +154,7 @@ fn apply(
     power_at_exit: PowerAtExit,
     reason: &str,
     wait: Duration,
+    freeze: bool,
 ) -> bool {
     let deadline = Instant::now() + wait;
     let mut guard = loop {
@@ -151,7 +172,12 @@ fn apply(
     };
     let result = apply_safe_state(guard.as_mut(), power_at_exit);
     let caps = guard.capabilities();
-    drop(guard);
+    if freeze {
+        // Never unlocked: the process is about to exit.
+        std::mem::forget(guard);
+    } else {
+        drop(guard);
+    }
     if let Some(capture) = capture.upgrade() {
         let _ = capture.note(IndexEvent::Note {
             text: format!("safe state ({reason})"),
@@ -191,7 +217,7 @@ pub fn install_signal_handler() -> std::io::Result<()> {
                             SIGTERM => "SIGTERM",
                             _ => "SIGHUP",
                         };
-                        let n = apply_all(name);
+                        let n = freeze_all(name);
                         eprintln!("harness: {name}: safe state applied to {n} board(s), exiting");
                         std::process::exit(128 + signal);
                     }
