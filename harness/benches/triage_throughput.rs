@@ -4,7 +4,7 @@
 //! target directory, mixing the corpus logs (about 90 % of the bytes) with runs of random bytes
 //! (about 10 %), then runs `grep -c 'rst cause' FILE` and `harness triage --format json FILE`
 //! as child processes several times each and prints their throughput, CPU time and peak RSS.
-//! The triage runs twice: with worker threads classifying lines (one per core, as by default),
+//! The triage runs twice: with worker threads classifying lines (as many as by default),
 //! and on one thread (`--threads 0`), so that both figures are in view.
 //!
 //! Targets (project issue 2): triage at >= 0.5 x grep's MB/s and < 64 MB peak RSS.
@@ -61,7 +61,11 @@ fn run(mib: u64, runs: usize, bench_mode: bool, check: bool) -> Result<ExitCode,
     warm_page_cache(&path)?;
 
     let harness = env!("CARGO_BIN_EXE_harness");
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    // As `harness triage` picks by default (cli/triage.rs `default_threads`).
+    let workers = match std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        1 => 0,
+        cores => (cores + 1).min(5),
+    };
     let grep_cmd = || {
         let mut c = Command::new("grep");
         c.arg("-c").arg("rst cause").arg(&path);

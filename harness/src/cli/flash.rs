@@ -11,7 +11,7 @@ use harness::capture::{Capture, CaptureConfig, DEFAULT_APP_BAUD};
 use harness::flash::{
     self, FlashError, FlashOptions, Progress, SyncConfig, VERIFY_TIMEOUT, Verification, Written,
 };
-use harness::image::{self, Lint, Severity};
+use harness::image;
 use harness::rig::{self, BoardConfig, Link, OpenOptions, RigConfig, RigError, TimeScale, safety};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use miette::{Context as _, IntoDiagnostic as _};
@@ -332,34 +332,12 @@ fn lint_gate(args: &FlashArgs, bytes: &[u8], board: &BoardProfile) -> miette::Re
     if !lints.is_empty() {
         eprintln!("lints for {} ({}):", board.name, board.id);
     }
-    print_lints(&lints);
-    let errors = lints
-        .iter()
-        .filter(|l| l.severity == Severity::Error)
-        .count();
-    if errors == 0 {
-        return Ok(true);
-    }
-    if args.force {
-        eprintln!("warning: {errors} lint error(s); flashing anyway (--force)");
-        return Ok(true);
-    }
-    eprintln!(
-        "refusing to flash {}: {errors} lint error(s) (--force flashes anyway)",
-        args.image.display()
-    );
-    Ok(false)
-}
-
-fn print_lints(lints: &[Lint]) {
-    for l in lints {
-        let sev = match l.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        eprintln!("  {sev:<7} {}: {}", l.id.name(), l.message);
-        eprintln!("          remedy: {}", l.remedy);
-    }
+    Ok(super::lint_verdict(
+        &lints,
+        args.force,
+        ["flash", "flashes", "flashing"],
+        &args.image,
+    ))
 }
 
 /// Progress on stderr: a bar on a terminal, a line per 10 % otherwise.

@@ -80,3 +80,39 @@ pub fn run(cli: Cli) -> CmdResult {
         Command::Monitor(args) => monitor::run(args),
     }
 }
+
+/// Prints `lints` on stderr and decides whether to go on with `image`: yes without lint
+/// errors, or with them when `force` is given. `verb` names the action in its three forms
+/// (`["flash", "flashes", "flashing"]`).
+pub(crate) fn lint_verdict(
+    lints: &[harness::image::Lint],
+    force: bool,
+    [verb, verbs, verbing]: [&str; 3],
+    image: &std::path::Path,
+) -> bool {
+    use harness::image::Severity;
+    for l in lints {
+        let sev = match l.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        eprintln!("  {sev:<7} {}: {}", l.id.name(), l.message);
+        eprintln!("          remedy: {}", l.remedy);
+    }
+    let errors = lints
+        .iter()
+        .filter(|l| l.severity == Severity::Error)
+        .count();
+    if errors == 0 {
+        return true;
+    }
+    if force {
+        eprintln!("warning: {errors} lint error(s); {verbing} anyway (--force)");
+        return true;
+    }
+    eprintln!(
+        "refusing to {verb} {}: {errors} lint error(s) (--force {verbs} anyway)",
+        image.display()
+    );
+    false
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use harness::board::{self, BoardProfile};
 use harness::firmware::{self, OtaMethod};
-use harness::image::{self, Lint, Severity};
+use harness::image;
 use harness::ota::espota::{self, EspotaConfig, EspotaTimeouts};
 use harness::ota::http::{self, HttpConfig, HttpTimeouts};
 use harness::ota::{Cancel, Delivered, Event, OtaError, Password, Payload};
@@ -273,7 +273,6 @@ fn lint_gate(args: &OtaArgs, bytes: &[u8], kind: Option<&BoardProfile>) -> miett
         Some(_) => {}
         None => eprintln!("no --kind: flash size, mode and OTA space were not checked"),
     }
-    print_lints(&lints);
     if let Some(id) = fw.identity() {
         let next = id.ota();
         if next != args.method {
@@ -282,33 +281,12 @@ fn lint_gate(args: &OtaArgs, bytes: &[u8], kind: Option<&BoardProfile>) -> miett
             );
         }
     }
-    let errors = lints
-        .iter()
-        .filter(|l| l.severity == Severity::Error)
-        .count();
-    if errors == 0 {
-        return Ok(true);
-    }
-    if args.force {
-        eprintln!("warning: {errors} lint error(s); uploading anyway (--force)");
-        return Ok(true);
-    }
-    eprintln!(
-        "refusing to upload {}: {errors} lint error(s) (--force uploads anyway)",
-        args.image.display()
-    );
-    Ok(false)
-}
-
-fn print_lints(lints: &[Lint]) {
-    for l in lints {
-        let sev = match l.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-        };
-        eprintln!("  {sev:<7} {}: {}", l.id.name(), l.message);
-        eprintln!("          remedy: {}", l.remedy);
-    }
+    Ok(super::lint_verdict(
+        &lints,
+        args.force,
+        ["upload", "uploads", "uploading"],
+        &args.image,
+    ))
 }
 
 fn password(var: Option<&str>) -> miette::Result<Option<Password>> {
