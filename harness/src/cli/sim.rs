@@ -1,6 +1,7 @@
 //! `harness sim`: run one virtual Sonoff on a pty until SIGINT/SIGTERM.
 //!
-//! Prints the endpoints first (`pty: /dev/pts/N`, `control: …`, `flash: …`, `time-scale: …`,
+//! Prints the endpoints first (`pty: /dev/pts/N`, `port: …` (a stable symlink to the pty that
+//! survives `port unplug`/`port plug`), `control: …`, `flash: …`, `time-scale: …`,
 //! `http: 127.0.0.x:PORT`, `ota: 127.0.0.x:PORT`, then an empty line) and flushes, so a parent process can read them before anything else. Control lines are taken
 //! from stdin (answered on stdout) and from the control socket (answered there); see
 //! `harness::sim::control` for the protocol. End of stdin only stops reading stdin.
