@@ -582,3 +582,83 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The serial port vanishes during a `scenario run` step and comes back: the run goes on (the
+/// step that waits for a line still sees it after the port is back), but the capture has a gap,
+/// so the run is a harness error that says where the port was lost, and report.json is not
+/// complete. The capture holds every byte that reached the port.
+#[test]
+fn serial_port_lost_during_a_scenario_run_makes_the_run_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let tx_log = dir.path().join("tx.bin");
+    let sim = runs::SimProcess::start("sonoff-basic", &["--tx-log", tx_log.to_str().unwrap()]);
+    let rig = sim.rig_file(dir.path(), "dut", "sonoff-basic", "off");
+    let scenario = dir.path().join("unplugged.toml");
+    std::fs::write(
+        &scenario,
+        r#"# The port goes away mid-run.
+name = "unplugged"
+description = "Two boots of an erased board, the port pulled between them."
+boards = ["sonoff-basic"]
+requires = ["power", "serial"]
+
+[[step]]
+power = "cycle"
+
+[[step]]
+expect_line = { contains = "ets_main.c" }
+
+[[step]]
+expect_line = { contains = "ets_main.c", timeout = "600s" }
+"#,
+    )
+    .unwrap();
+    let folder = dir.path().join("run");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(["scenario", "run"])
+        .arg(&scenario)
+        .arg("--rig")
+        .arg(&rig)
+        .arg("--out")
+        .arg(&folder)
+        .env("HARNESS_LOCK_DIR", dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let index = folder.join("unplugged--sonoff-basic/capture.log.index.jsonl");
+    let wait_index = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !std::fs::read_to_string(&index).is_ok_and(|t| t.contains(needle)) {
+            assert!(std::time::Instant::now() < deadline, "{needle} never came");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    };
+    wait_index("\"step 3: ");
+    sim.command("port unplug");
+    wait_index("\"port-lost\"");
+    sim.command("power cycle");
+    sim.command("port plug");
+    wait_index("\"port-reopened\"");
+    sim.command("power cycle");
+    let out = child.wait_with_output().unwrap();
+    let said = format!("{}\n{}", runs::text(&out.stdout), runs::text(&out.stderr));
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(folder.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["complete"], false, "{report:#}");
+    let run = &report["runs"][0];
+    assert_eq!(run["steps"][2]["status"], "pass", "{run:#}");
+    let gap = run["capture_error"].as_str().unwrap();
+    assert!(
+        gap.starts_with("serial port ")
+            && gap.contains(" lost after byte ")
+            && gap.ends_with(", reopened"),
+        "{gap}"
+    );
+    let captured = std::fs::read(folder.join("unplugged--sonoff-basic/capture.log")).unwrap();
+    runs::assert_same_bytes(&captured, &std::fs::read(&tx_log).unwrap());
+    assert_eq!(runs::text(&captured).matches("ets_main.c").count(), 2);
+}

@@ -289,6 +289,8 @@ struct Recorder {
     partial: Vec<u8>,
     partial_offset: u64,
     error: Option<io::Error>,
+    /// Port losses so far: capture offset, what the OS said, whether the port came back.
+    losses: Vec<(u64, String, bool)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -355,6 +357,7 @@ impl Capture {
                 partial: Vec::new(),
                 partial_offset: 0,
                 error: None,
+                losses: Vec::new(),
             }),
             stop: AtomicBool::new(false),
             stop_lock: Mutex::new(()),
@@ -444,6 +447,23 @@ impl Capture {
             .as_deref()
             .unwrap_or(Path::new("<no file>"));
         Some(format!("cannot write capture file {}: {e}", file.display()))
+    }
+
+    /// The times the port went away, one sentence each (`serial port /dev/ttyUSB0 lost after
+    /// byte 4123 (Input/output error), reopened`): whatever the board sent meanwhile is not in
+    /// the capture.
+    pub fn port_losses(&self) -> Vec<String> {
+        let port = self.shared.config.port.display().to_string();
+        lock(&self.shared.rec)
+            .losses
+            .iter()
+            .map(|(at, error, back)| {
+                format!(
+                    "serial port {port} lost after byte {at} ({error}), {}",
+                    if *back { "reopened" } else { "not back" }
+                )
+            })
+            .collect()
     }
 
     /// The port's current rate.
@@ -931,6 +951,8 @@ impl Shared {
         {
             let mut rec = lock(&self.rec);
             self.flush_partial(&mut rec, None);
+            let at = rec.offset;
+            rec.losses.push((at, error.clone(), false));
             self.record(&mut rec, IndexEvent::PortLost { error });
         }
         self.rx_ready.notify_all();
@@ -958,7 +980,12 @@ impl Shared {
             tracing::warn!("after reopening {}: {e}", self.config.port.display());
         }
         self.connected.store(true, Ordering::Relaxed);
-        self.record(&mut lock(&self.rec), IndexEvent::PortReopened { baud });
+        let mut rec = lock(&self.rec);
+        if let Some(loss) = rec.losses.last_mut() {
+            loss.2 = true;
+        }
+        self.record(&mut rec, IndexEvent::PortReopened { baud });
+        drop(rec);
         Some(port)
     }
 

@@ -71,7 +71,10 @@ pub enum ArtifactError {
     #[error("the capture `{path}` is incomplete: {reason}")]
     #[diagnostic(
         code(harness::artifacts::capture_incomplete),
-        help("is the disk full? report.json is not marked complete; the run's steps are in it")
+        help(
+            "is the disk full, or did the serial port go away during the run? report.json is \
+             not marked complete; the run's steps are in it"
+        )
     )]
     IncompleteCapture {
         /// The capture file.

@@ -213,9 +213,9 @@ pub trait Executor {
     /// The file the raw capture is written to, if there is one.
     fn capture_path(&self) -> Option<PathBuf>;
 
-    /// Why the capture file is missing bytes (a full disk, a write error), if it is. The
-    /// runner asks at the end of every run; a run with an incomplete capture is a harness
-    /// error and its run folder is never marked complete.
+    /// Why the capture file is missing bytes (a full disk, a write error, a serial port that
+    /// went away for a while), if it is. The runner asks at the end of every run; a run with an
+    /// incomplete capture is a harness error and its run folder is never marked complete.
     fn capture_error(&self) -> Option<String> {
         None
     }

@@ -531,7 +531,11 @@ impl Executor for RigExecutor {
     }
 
     fn capture_error(&self) -> Option<String> {
-        self.rig.capture().write_error()
+        // A write failure, or a gap: what the board sent while its port was gone.
+        let capture = self.rig.capture();
+        let mut problems: Vec<String> = capture.write_error().into_iter().collect();
+        problems.extend(capture.port_losses());
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 
     fn safe_state(&mut self) -> Result<(), ExecError> {
