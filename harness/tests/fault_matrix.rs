@@ -614,7 +614,7 @@ expect_line = { contains = "ets_main.c", timeout = "600s" }
     )
     .unwrap();
     let folder = dir.path().join("run");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["scenario", "run"])
         .arg(&scenario)
         .arg("--rig")
