@@ -494,3 +494,53 @@ fn non_utf8_paths_work_and_are_shown_lossily() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A reader that went away (`harness … | head`)
+
+/// Runs the harness with stdout on a pipe whose reading end is already closed, so that its
+/// first write fails with EPIPE whatever the timing.
+fn harness_into_closed_pipe(args: &[&str]) -> Output {
+    let (read, write) = nix::unistd::pipe().expect("a pipe");
+    drop(read);
+    Command::new(env!("CARGO_BIN_EXE_harness"))
+        .args(args)
+        .current_dir(repo_root())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("the harness binary runs")
+}
+
+#[test]
+fn a_closed_stdout_ends_each_report_quietly() {
+    let cases: &[(&[&str], i32)] = &[
+        (
+            &[
+                "scenario",
+                "check",
+                "scenarios/seed-4ch-first-ota-after-serial-flash.toml",
+            ],
+            0,
+        ),
+        (&["triage", "fixtures/seed/4ch-attempt2.log"], 0),
+        (
+            &[
+                "image",
+                "inspect",
+                "fixtures/images/sonoff-ota-1.0.0-webserver-pw.bin",
+            ],
+            0,
+        ),
+        (&["firmware"], 0),
+        (&["firmware", "--toml"], 0),
+    ];
+    for (args, code) in cases {
+        let out = harness_into_closed_pipe(args);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+        assert_eq!(out.status.code(), Some(*code), "{args:?}:\n{stderr}");
+        assert!(stderr.trim().is_empty(), "{args:?} complained:\n{stderr}");
+    }
+}

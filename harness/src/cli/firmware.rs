@@ -48,15 +48,15 @@ fn parse_state(s: &str) -> Result<FwState, String> {
 pub fn run(args: FirmwareArgs) -> CmdResult {
     let b = firmware::behaviour();
     if args.toml {
-        print!("{}", firmware::BEHAVIOUR_TOML);
+        out!("{}", firmware::BEHAVIOUR_TOML)?;
     } else if let Some(line) = &args.parse {
         let parsed = b.parse_state_line(line)?;
-        println!("state: {}", parsed.state);
-        println!("identity: {}", parsed.identity);
+        outln!("state: {}", parsed.state)?;
+        outln!("identity: {}", parsed.identity)?;
     } else if let Some(state) = args.state {
-        println!("{}", b.state_line(&args.fw_version, args.ota, state));
+        outln!("{}", b.state_line(&args.fw_version, args.ota, state))?;
     } else {
-        print!("{}", summary(b));
+        out!("{}", summary(b))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -163,8 +163,8 @@ pub fn run(args: FlashArgs) -> CmdResult {
                 chip: report.chip,
                 flash_id: report.flash_id,
                 write: report.write,
-            });
-            print_verification(&report.verification, "the power cycle");
+            })?;
+            print_verification(&report.verification, "the power cycle")?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => failure(e),
@@ -229,7 +229,7 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
         Ok(w) => w,
         Err(e) => return failure(e),
     };
-    print_written(&written);
+    print_written(&written)?;
     let verification = match (args.no_verify, expected) {
         (true, _) => Verification::Skipped("not asked for"),
         (false, None) => Verification::Skipped("the image has no identity record"),
@@ -237,20 +237,20 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
             // The app talks at its own rate; the ROM's 74880 banner in between does not matter.
             capture.set_baud(DEFAULT_APP_BAUD)?;
             let timeout = args.verify_timeout.unwrap_or(PORT_VERIFY_TIMEOUT);
-            println!(
+            outln!(
                 "now power-cycle the board with GPIO0 released; waiting up to {:.0} s for `{}`",
                 timeout.as_secs_f64(),
                 expected
-            );
+            )?;
             match flash::wait_identity(&lines, expected, timeout, TimeScale::REAL) {
                 Ok(id) => Verification::Identity(id),
                 Err(e) => return failure(e),
             }
         }
     };
-    print_verification(&verification, "the reboot");
+    print_verification(&verification, "the reboot")?;
     if matches!(verification, Verification::Skipped(_)) {
-        println!("the board is still in the ROM loader: power-cycle it with GPIO0 released");
+        outln!("the board is still in the ROM loader: power-cycle it with GPIO0 released")?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -279,18 +279,18 @@ impl Link for CaptureLink<'_> {
     }
 }
 
-fn print_written(w: &Written) {
-    println!(
+fn print_written(w: &Written) -> miette::Result<()> {
+    outln!(
         "chip: {} (MAC {}, crystal {} MHz)",
         w.chip.description,
         w.chip.mac_string(),
         w.chip.crystal_mhz
-    );
+    )?;
     if let Some(id) = w.flash_id {
-        println!("flash: {id}");
+        outln!("flash: {id}")?;
     }
     let secs = w.write.elapsed.as_secs_f64();
-    println!(
+    outln!(
         "wrote {} bytes at {:#010x} in {:.1} s ({:.1} KiB/s){}",
         w.write.bytes,
         w.write.offset,
@@ -300,13 +300,13 @@ fn print_written(w: &Written) {
             0 => String::new(),
             n => format!(", {n} block(s) sent again"),
         }
-    );
+    )
 }
 
-fn print_verification(v: &Verification, after: &str) {
+fn print_verification(v: &Verification, after: &str) -> miette::Result<()> {
     match v {
-        Verification::Identity(id) => println!("verified: the board printed `{id}` after {after}"),
-        Verification::Skipped(why) => println!("not verified: {why}"),
+        Verification::Identity(id) => outln!("verified: the board printed `{id}` after {after}"),
+        Verification::Skipped(why) => outln!("not verified: {why}"),
     }
 }
 

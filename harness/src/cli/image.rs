@@ -174,7 +174,7 @@ fn make(a: MakeArgs) -> CmdResult {
         .into_diagnostic()
         .wrap_err_with(|| format!("cannot write {}", a.output.display()))?;
     let line = spec.identity.line();
-    emit(&format!(
+    crate::cli::emit(&format!(
         "wrote {} ({} bytes): {line}\n",
         a.output.display(),
         bytes.len()
@@ -209,23 +209,12 @@ fn inspect(a: InspectArgs) -> CmdResult {
             serde_json::to_string_pretty(&json).into_diagnostic()? + "\n"
         }
     };
-    emit(&out)?;
+    crate::cli::emit(&out)?;
     Ok(if errors > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// Writes to stdout; a closed pipe (`| head`) is not an error.
-fn emit(text: &str) -> miette::Result<()> {
-    use std::io::Write as _;
-    match std::io::stdout().lock().write_all(text.as_bytes()) {
-        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-            Err(e).into_diagnostic().wrap_err("cannot write to stdout")
-        }
-        _ => Ok(()),
-    }
 }
 
 fn render_text(file: &str, fw: &Firmware, board: Option<&BoardProfile>, lints: &[Lint]) -> String {

@@ -1,5 +1,18 @@
 //! Subcommands. Each file owns one subcommand: its clap arguments and its `run`.
 
+/// `print!` for a subcommand's report: a closed pipe (`harness … | head`) means the reader is
+/// done, so it ends the output quietly instead of panicking like `print!`; other write errors
+/// are returned. Evaluates to `miette::Result<()>`.
+macro_rules! out {
+    ($($arg:tt)*) => { crate::cli::emit(&format!($($arg)*)) };
+}
+
+/// `println!` counterpart of [`out!`].
+macro_rules! outln {
+    () => { crate::cli::emit("\n") };
+    ($($arg:tt)*) => { crate::cli::emit(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 mod firmware;
 mod flash;
 mod image;
@@ -49,6 +62,22 @@ pub enum Command {
     Sim(sim::SimArgs),
     /// Watch a board's serial output live: capture to disk, follow baud switches, triage boots.
     Monitor(monitor::MonitorArgs),
+}
+
+/// Writes to stdout; a closed pipe is not an error (see [`out!`]).
+pub(crate) fn emit(text: &str) -> miette::Result<()> {
+    use miette::{IntoDiagnostic as _, WrapErr as _};
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).into_diagnostic().wrap_err("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Sets up tracing on stderr; `RUST_LOG` overrides the -v level.

@@ -222,14 +222,14 @@ pub fn run(args: OtaArgs) -> CmdResult {
 fn verdict(method: OtaMethod, result: Result<Delivered, OtaError>) -> CmdResult {
     match result {
         Ok(d) => {
-            println!(
+            outln!(
                 "updated {} ({method}): {} bytes in {:.1} s; the device answered `{}` and \
                  restarts into the new image",
                 d.device,
                 d.bytes,
                 d.elapsed.as_secs_f64(),
                 first_line(&d.reply)
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Err(e) if e.is_device_failure() => {

@@ -111,7 +111,7 @@ fn check(a: CheckArgs) -> CmdResult {
     let mut bad = 0;
     for path in &a.files {
         match scenario::load(path, &overrides) {
-            Ok(file) => println!("ok    {}: {}", path.display(), summary(&file)),
+            Ok(file) => outln!("ok    {}: {}", path.display(), summary(&file))?,
             Err(e) => {
                 bad += 1;
                 eprintln!("{:?}", miette::Report::new(e));
@@ -255,10 +255,10 @@ fn run_scenarios(a: RunArgs) -> CmdResult {
         runs: reports,
     };
     let written = artifacts::write_run_folder(&dir, &set);
-    println!();
-    print!("{}", report::text::render(&set));
+    outln!()?;
+    out!("{}", report::text::render(&set))?;
     let folder = written?;
-    println!("run folder: {}", folder.dir.display());
+    outln!("run folder: {}", folder.dir.display())?;
     Ok(match set.status() {
         RunStatus::Pass => ExitCode::SUCCESS,
         RunStatus::Fail => ExitCode::from(1),

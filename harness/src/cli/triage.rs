@@ -209,6 +209,6 @@ pub fn run(args: TriageArgs) -> CmdResult {
             json.into_diagnostic()? + "\n"
         }
     };
-    print!("{out}");
+    out!("{out}")?;
     Ok(ExitCode::SUCCESS)
 }
