@@ -496,3 +496,38 @@ fn every_scenario_in_the_repository_passes_on_the_virtual_rig() {
         (runs, 0, 0)
     );
 }
+
+/// A nightly job may rebuild or upgrade the harness while a run goes on: the runs after that
+/// still start their simulators from the binary the process runs, not from its old path.
+#[test]
+fn a_binary_deleted_during_a_run_still_starts_its_simulators() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exe = tmp.path().join("harness");
+    std::fs::copy(env!("CARGO_BIN_EXE_harness"), &exe).unwrap();
+    let out_dir = tmp.path().join("out");
+    let child = std::process::Command::new(&exe)
+        .current_dir(repo_root())
+        .args([
+            "scenario",
+            "run",
+            "scenarios/seed-4ch-first-ota-after-serial-flash.toml",
+            "--out",
+        ])
+        .arg(&out_dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The process runs (spawn returns after exec); its file goes before any simulator starts.
+    std::fs::remove_file(&exe).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report = json(&out_dir.join("report.json"));
+    assert_eq!(report["complete"], true);
+}

@@ -170,3 +170,45 @@ fn duration_ends_with_a_triage_line_and_the_capture_summary() {
         "{text}"
     );
 }
+
+/// `harness monitor | head`: when the reader goes away the monitor stops as if its time were
+/// up, with exit 0 and everything the board sent in the capture file.
+#[test]
+fn a_reader_that_goes_away_ends_the_monitor_quietly_with_the_capture_kept() {
+    let mut p = pty();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cap.log");
+    let mut child = harness()
+        .args(["monitor", "--port"])
+        .arg(&p.path)
+        .arg("--out")
+        .arg(&file)
+        .env("HARNESS_LOCK_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    wait_for_line(&mut out, "# monitoring (Ctrl-C to stop)");
+    drop(out);
+    p.master
+        .write_all(b"hello after the reader left\n")
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor kept running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let captured = std::fs::read(&file).unwrap();
+    assert_eq!(captured, b"hello after the reader left\n");
+}

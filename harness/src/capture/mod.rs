@@ -693,17 +693,21 @@ fn open_port(path: &Path, baud: u32, quiet: Duration) -> Result<Box<dyn SerialPo
         port: path.to_path_buf(),
         source,
     };
-    let mut port = serialport::new(path.to_string_lossy(), baud)
+    let port = serialport::new(path.to_string_lossy(), baud)
         .timeout(quiet)
         // DTR drives GPIO0 on auto-reset adapters; the rig sets it explicitly after opening.
         .dtr_on_open(false)
+        // Not exclusive. TIOCEXCL lives on the tty, not on our descriptor, so after a SIGKILL
+        // it stays set for as long as anyone else holds the tty open (the simulator always
+        // does) and locks every later open out unless it runs as root. And the exclusive flock
+        // that serialport would take as well fails while any other open of the port holds a
+        // lock, even a shared one: a reopen right after a close failed now and then in the
+        // tests, with other threads starting processes meanwhile. Harness
+        // processes exclude each other with the board lock (`rig::lock`); the shared flock
+        // taken instead still keeps out programs that lock the port exclusively.
+        .exclusive(false)
         .open_native()
         .map_err(err)?;
-    // Not TIOCEXCL: that flag lives on the tty, not on our descriptor, so after a SIGKILL it
-    // stays set for as long as anyone else holds the tty open (the simulator always does) and
-    // locks every later open out unless it runs as root. Harness processes exclude each other
-    // with the board lock (`rig::lock`) instead.
-    port.set_exclusive(false).map_err(err)?;
     Ok(Box::new(port))
 }
 

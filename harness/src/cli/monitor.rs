@@ -278,9 +278,13 @@ pub fn run(args: MonitorArgs) -> CmdResult {
     safety::install_panic_hook();
     let (mut target, sub, describe) = open(&args)?;
     let mut out = std::io::stdout().lock();
+    let mut header = String::new();
     for (k, v) in &describe {
-        writeln!(out, "# {k}: {v}").into_diagnostic()?;
+        header.push_str(&format!("# {k}: {v}\n"));
     }
+    // `harness monitor | head`: once the reader is gone, monitoring ends as if its time were
+    // up (the capture file has everything); other write errors end it with an error.
+    let mut reader_gone = !write_out(&mut out, &header)?;
     if let Target::Board(rig) = &mut target {
         match args.start.unwrap_or(StartArg::Run) {
             StartArg::Attach => {}
@@ -294,13 +298,20 @@ pub fn run(args: MonitorArgs) -> CmdResult {
             "--start {start:?} needs a rig board with power control, not --port"
         ));
     }
-    writeln!(out, "# monitoring (Ctrl-C to stop)").into_diagnostic()?;
-    out.flush().into_diagnostic()?;
+    reader_gone = reader_gone || !write_out(&mut out, "# monitoring (Ctrl-C to stop)\n")?;
 
     let deadline = args.duration.map(|d| Instant::now() + d);
     let mut boots = Boots::default();
     let mut last_line = Instant::now();
-    loop {
+    macro_rules! put {
+        ($($arg:tt)*) => {
+            if !write_out(&mut out, &format!("{}\n", format_args!($($arg)*)))? {
+                reader_gone = true;
+                break;
+            }
+        };
+    }
+    while !reader_gone {
         let now = Instant::now();
         if deadline.is_some_and(|d| now >= d) {
             break;
@@ -325,40 +336,55 @@ pub fn run(args: MonitorArgs) -> CmdResult {
                 let banner = events.iter().any(|e| matches!(e, Event::RomBanner(_)));
                 if banner && boots.content {
                     if let Some(line) = boots.triage_line() {
-                        writeln!(out, "{line}").into_diagnostic()?;
+                        put!("{line}");
                     }
                     boots.next_boot();
                 }
                 boots.push_line(&text, complete);
                 last_line = Instant::now();
-                writeln!(out, "{}", render(&text, &events, baud)).into_diagnostic()?;
+                put!("{}", render(&text, &events, baud));
             }
             Ok(CaptureEvent::Index(record)) => {
                 if let Some(line) = render_index(&record.event, record.t) {
-                    writeln!(out, "{line}").into_diagnostic()?;
+                    put!("{line}");
                 }
             }
             Err(RecvTimeoutError::Timeout) => {
                 if last_line.elapsed() >= args.boot_quiet
                     && let Some(line) = boots.triage_line()
                 {
-                    writeln!(out, "{line}").into_diagnostic()?;
+                    put!("{line}");
                 }
             }
             Err(RecvTimeoutError::Disconnected) => break,
         }
-        out.flush().into_diagnostic()?;
-    }
-    if let Some(line) = boots.triage_line() {
-        writeln!(out, "{line}").into_diagnostic()?;
     }
     let bytes = target.capture().bytes();
     let file = target.capture().file().map(Path::to_path_buf);
     drop(target);
-    if let Some(f) = file {
-        writeln!(out, "# captured {bytes} bytes in {}", f.display()).into_diagnostic()?;
+    if !reader_gone {
+        let mut tail = String::new();
+        if let Some(line) = boots.triage_line() {
+            tail.push_str(&format!("{line}\n"));
+        }
+        if let Some(f) = file {
+            tail.push_str(&format!("# captured {bytes} bytes in {}\n", f.display()));
+        }
+        drop(out);
+        crate::cli::emit(&tail)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes and flushes `text`; `Ok(false)` when the reader has gone (a closed pipe).
+fn write_out(out: &mut impl Write, text: &str) -> miette::Result<bool> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e)
+            .into_diagnostic()
+            .map_err(|r| r.wrap_err("cannot write to stdout")),
+    }
 }
 
 #[cfg(test)]

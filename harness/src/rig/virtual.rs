@@ -82,7 +82,7 @@ impl Sim {
             .or_else(|| std::env::var_os("HARNESS_SIM_EXE").map(PathBuf::from))
         {
             Some(exe) => exe,
-            None => std::env::current_exe().map_err(|source| RigError::SimSpawn {
+            None => own_executable().map_err(|source| RigError::SimSpawn {
                 exe: PathBuf::from("<current executable>"),
                 source,
             })?,
@@ -446,4 +446,18 @@ impl Lines for SimLines {
         }
         Ok(())
     }
+}
+
+/// The running harness binary, to start the simulator from.
+///
+/// A rebuild or upgrade while a long run goes on (a nightly job next to a `cargo build`)
+/// replaces the file: its old path then names the new binary or nothing (Linux shows it as
+/// `… (deleted)`), while `/proc/self/exe` still reaches the binary this process runs.
+fn own_executable() -> std::io::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let proc_exe = Path::new("/proc/self/exe");
+    if !exe.exists() && proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    Ok(exe)
 }

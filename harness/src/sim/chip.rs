@@ -249,6 +249,8 @@ pub enum Output {
         baud: u32,
         /// Power/reset generation they belong to (stale ones are dropped on reset).
         epoch: u64,
+        /// Device time at which the first byte goes on the wire.
+        at: Duration,
     },
     /// The chip is busy (flash erase/program) before its next output.
     Delay {
@@ -390,6 +392,7 @@ impl Hw {
                 bytes,
                 baud: self.tx_baud,
                 epoch: self.epoch,
+                at: start,
             });
         }
     }
@@ -977,6 +980,7 @@ pub(crate) mod tests {
                 bytes: b"\r\n ets Jan  8 2013,rst cause:1, boot mode:(1,6)\r\n\r\n".to_vec(),
                 baud: 74_880,
                 epoch: c.hw.epoch(),
+                at: Duration::ZERO,
             }]
         );
         assert_eq!(c.program().name(), "rom-download");

@@ -166,8 +166,9 @@ impl Bench {
             .generation
     }
 
-    /// Uploads `image` as ESP8266HTTPUpdateServer does and restarts like it.
-    fn http_upload(&mut self, image: &[u8]) {
+    /// Starts an upload of unknown size as ESP8266HTTPUpdateServer does (all the free sketch
+    /// space, rounded down to a sector); returns the OTA service's generation.
+    fn begin_http_upload(&mut self) -> u64 {
         let g = self.generation();
         let free = match self.ota(g, OtaRequest::FreeSketchSpace) {
             OtaReply::FreeSpace(n) => n,
@@ -179,6 +180,12 @@ impl Bench {
             md5: None,
         };
         assert_eq!(self.ota(g, begin), OtaReply::Ok);
+        g
+    }
+
+    /// Uploads `image` as ESP8266HTTPUpdateServer does and restarts like it.
+    fn http_upload(&mut self, image: &[u8]) {
+        let g = self.begin_http_upload();
         for block in image.chunks(behaviour().http.upload_block) {
             assert_eq!(
                 self.ota(g, OtaRequest::Write(block.to_vec())),
@@ -937,17 +944,7 @@ fn power_cut_during_ota_fires_once_the_updater_has_the_bytes() {
     b.run(ms(3000));
     enter_update(&mut b);
     b.chip.hw.faults.power_cut_during_ota = Some(5000);
-    let g = b.generation();
-    let free = match b.ota(g, OtaRequest::FreeSketchSpace) {
-        OtaReply::FreeSpace(n) => n,
-        other => panic!("{other:?}"),
-    };
-    let begin = OtaRequest::Begin {
-        size: (free - 0x1000) & 0xFFFF_F000,
-        command: UpdateCommand::Flash,
-        md5: None,
-    };
-    assert_eq!(b.ota(g, begin), OtaReply::Ok);
+    let g = b.begin_http_upload();
     let new = Spec::new("2.0.0", OtaMethod::WebServer).build();
     assert_eq!(
         b.ota(g, OtaRequest::Write(new[..2048].to_vec())),

@@ -331,6 +331,7 @@ impl Writer {
     /// Runs until the output channel closes.
     pub fn run(mut self, outputs: Receiver<WriterMsg>) {
         let mut pacer = Pacer::new();
+        let mut host_view = HostView::default();
         for msg in outputs {
             if self.stop.load(Ordering::Relaxed) {
                 return;
@@ -354,7 +355,12 @@ impl Writer {
                         pacer.free_at = pacer.free_at.max(Instant::now());
                     }
                 }
-                Output::Tx { bytes, baud, epoch } => {
+                Output::Tx {
+                    bytes,
+                    baud,
+                    epoch,
+                    at,
+                } => {
                     if epoch < current() {
                         continue;
                     }
@@ -362,7 +368,9 @@ impl Writer {
                         // Unplugged: the bytes leave the board's TX pin and reach no port.
                         continue;
                     };
-                    let host = pty.rate_probe().host_baud().unwrap_or(baud);
+                    let probed = pty.rate_probe().host_baud().unwrap_or(baud);
+                    let end = at + byte_time(bytes.len(), baud);
+                    let host = host_view.rate_for(epoch, at, end, probed);
                     let wire = uart::resample(&bytes, baud, host);
                     for slice in wire.chunks(SLICE) {
                         if self.realistic {
@@ -390,6 +398,58 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+/// Shortest device time in which a host can react to what the board sent: read it, decide,
+/// and change its port's rate.
+///
+/// Bytes the board sends back to back are on the wire before any host can react to the first
+/// of them (a USB-serial adapter alone delivers them in 1 ms frames): eboot's `e:2` right
+/// after its `ld` reaches the host at the ROM's rate even when the host switches to the app's
+/// rate on seeing `ld`. The writer, though, hands the board's output to the pty piece by
+/// piece in real time, and on a loaded machine a host can switch between two pieces. So a rate
+/// change seen on the host's port takes effect only for bytes that start at least this long
+/// (device time) after the bytes written before it was seen. Far below any real host's
+/// reaction, in both timing modes (5 µs of real time in fast mode).
+pub const HOST_REACTION: Duration = Duration::from_micros(100);
+
+/// The host's port rate as the board's bytes meet it (see [`HOST_REACTION`]).
+#[derive(Debug, Default)]
+struct HostView {
+    /// The power/reset generation, the rate the last bytes met and when they ended (device
+    /// time); none before the first bytes.
+    last: Option<(u64, u32, Duration)>,
+    /// A rate change seen on the host's port, and the device time from which it applies.
+    change: Option<(u32, Duration)>,
+}
+
+impl HostView {
+    /// The rate that bytes on the wire from `at` to `end` (device time, generation `epoch`)
+    /// meet, given the host's port is at `probed` now.
+    fn rate_for(&mut self, epoch: u64, at: Duration, end: Duration, probed: u32) -> u32 {
+        let rate = match self.last {
+            // A new generation starts after a power or reset command the host has seen.
+            Some((e, used, last_end)) if e == epoch && probed != used => {
+                let from = match self.change {
+                    Some((rate, from)) if rate == probed => from,
+                    _ => last_end + HOST_REACTION,
+                };
+                if at >= from {
+                    self.change = None;
+                    probed
+                } else {
+                    self.change = Some((probed, from));
+                    used
+                }
+            }
+            _ => {
+                self.change = None;
+                probed
+            }
+        };
+        self.last = Some((epoch, rate, end));
+        rate
     }
 }
 
@@ -421,6 +481,40 @@ fn write_slice(master: &OwnedFd, data: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn a_host_switch_misses_bytes_sent_back_to_back_and_meets_later_ones() {
+        let mut v = HostView::default();
+        // `ld` at 74880, met at 74880.
+        assert_eq!(v.rate_for(1, us(0), us(535), 74_880), 74_880);
+        // The host switched on seeing it; `e:2` went out right after `ld`: old rate.
+        assert_eq!(v.rate_for(1, us(535), us(1203), 115_200), 74_880);
+        // Still within the reaction time of the bytes before the switch was seen.
+        assert_eq!(v.rate_for(1, us(600), us(700), 115_200), 74_880);
+        // Later bytes meet the new rate, and so does everything after.
+        assert_eq!(v.rate_for(1, us(2000), us(2100), 115_200), 115_200);
+        assert_eq!(v.rate_for(1, us(2100), us(2200), 115_200), 115_200);
+    }
+
+    #[test]
+    fn a_new_generation_or_a_gap_meets_the_hosts_rate_at_once() {
+        let mut v = HostView::default();
+        assert_eq!(v.rate_for(1, us(0), us(500), 115_200), 115_200);
+        // Power cycled: the banner of the next generation meets whatever the host set.
+        assert_eq!(v.rate_for(2, us(500), us(900), 74_880), 74_880);
+        // A pause longer than the reaction time before the next bytes.
+        assert_eq!(
+            v.rate_for(2, us(900) + HOST_REACTION, us(1200), 115_200),
+            115_200
+        );
+        // A change that is taken back before it applied leaves the rate as it was.
+        assert_eq!(v.rate_for(2, us(1200), us(1300), 74_880), 115_200);
+        assert_eq!(v.rate_for(2, us(1300), us(1400), 115_200), 115_200);
+    }
 
     #[test]
     fn pty_reports_rates_set_by_a_client() {
