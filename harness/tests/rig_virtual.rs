@@ -12,11 +12,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/runs.rs"]
+mod runs;
+
 use harness::bootlog::{BootSource, Event};
 use harness::capture::{CaptureEvent, IndexEvent};
 use harness::rig::{self, OpenOptions, Rig, RigConfig, SimClient, safety};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use runs::SimProcess;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -44,77 +48,6 @@ fn describe(rig: &dyn Rig, key: &str) -> String {
 
 fn status(control: &Path) -> BTreeMap<String, String> {
     SimClient::connect(control).unwrap().status().unwrap()
-}
-
-/// A `harness sim` started by the test (so it outlives the harness processes under test).
-struct Sim {
-    child: Child,
-    pty: PathBuf,
-    control: PathBuf,
-}
-
-impl Sim {
-    fn start(extra: &[&str]) -> Sim {
-        let mut child = Command::new(sim_exe())
-            .args(["sim", "--board", "sonoff-basic"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut endpoints = BTreeMap::new();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            assert!(out.read_line(&mut line).unwrap() > 0, "sim ended early");
-            let l = line.trim_end();
-            if l.is_empty() {
-                break;
-            }
-            let (k, v) = l.split_once(": ").unwrap();
-            endpoints.insert(k.to_string(), v.to_string());
-        }
-        Sim {
-            child,
-            pty: endpoints["pty"].clone().into(),
-            control: endpoints["control"].clone().into(),
-        }
-    }
-
-    /// A rig file with this simulator attached as board `name`.
-    fn rig_file(&self, dir: &Path, name: &str, power_at_exit: &str) -> PathBuf {
-        let path = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &path,
-            format!(
-                "[[board]]\nname = \"{name}\"\nkind = \"sonoff-basic\"\nbackend = \"virtual\"\n\
-                 power_at_exit = \"{power_at_exit}\"\n[board.sim]\ncontrol = \"{}\"\npty = \"{}\"\n",
-                self.control.display(),
-                self.pty.display()
-            ),
-        )
-        .unwrap();
-        path
-    }
-
-    fn status(&self) -> BTreeMap<String, String> {
-        status(&self.control)
-    }
-
-    fn command(&self, line: &str) {
-        SimClient::connect(&self.control)
-            .unwrap()
-            .command(line)
-            .unwrap();
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
-        let _ = self.child.wait();
-    }
 }
 
 fn boot_source(events: &[Event]) -> Option<BootSource> {
@@ -219,9 +152,9 @@ fn panic_inside_a_step_leaves_gpio0_released_and_power_as_configured() {
     // Drop during unwinding on another thread (the hook only handles its own thread's boards):
     // power_at_exit = "on".
     // An attached board takes locks in the default lock folder: a name no other run uses.
-    let sim = Sim::start(&[]);
+    let sim = SimProcess::start("sonoff-basic", &[]);
     let name = format!("panicky-{}", std::process::id());
-    let rig_file = sim.rig_file(dir.path(), &name, "on");
+    let rig_file = sim.rig_file(dir.path(), &name, "sonoff-basic", "on");
     let config = RigConfig::load(&rig_file).unwrap();
     let mut rig = rig::open(config.board(&name).unwrap(), &options()).unwrap();
     rig.lines().set_power(false).unwrap();
@@ -263,9 +196,9 @@ fn monitor(rig_file: &Path, board: &str, lock_dir: &Path) -> (Child, BufReader<C
 #[test]
 fn sigint_and_sigterm_leave_the_board_safe() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(&[]);
+    let sim = SimProcess::start("sonoff-basic", &[]);
     for (signal, code, at_exit) in [(Signal::SIGINT, 130, "off"), (Signal::SIGTERM, 143, "on")] {
-        let rig_file = sim.rig_file(dir.path(), "sig", at_exit);
+        let rig_file = sim.rig_file(dir.path(), "sig", "sonoff-basic", at_exit);
         // The state a step might leave behind: GPIO0 held, power the other way.
         sim.command(if at_exit == "on" {
             "power off"
@@ -299,8 +232,8 @@ fn sigint_and_sigterm_leave_the_board_safe() {
 #[test]
 fn a_board_held_by_one_process_is_refused_to_another() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = Sim::start(&[]);
-    let rig_file = sim.rig_file(dir.path(), "shared", "off");
+    let sim = SimProcess::start("sonoff-basic", &[]);
+    let rig_file = sim.rig_file(dir.path(), "shared", "sonoff-basic", "off");
     let (mut first, _out) = monitor(&rig_file, "shared", dir.path());
     let second = Command::new(env!("CARGO_BIN_EXE_harness"))
         .args(["monitor", "--board", "shared", "--duration", "5s", "--rig"])
@@ -330,15 +263,15 @@ fn sigkill_of_monitor_loses_nothing_the_sim_sent() {
     // Unpowered at start: the only boots are the monitor's own power cycle and the test's, so
     // the monitor's lines and the boots match one to one (a boot the simulator made at start
     // would put the test one line behind the capture).
-    let sim = Sim::start(&["--tx-log", tx_log.to_str().unwrap(), "--power", "off"]);
+    let sim = SimProcess::start("sonoff-basic", &["--tx-log", tx_log.to_str().unwrap()]);
     // Collects what the monitor has not read when it dies (see tests/capture.rs).
     let spare = nix::fcntl::open(
-        &sim.pty,
+        Path::new(&sim.endpoints["pty"]),
         nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_NONBLOCK,
         nix::sys::stat::Mode::empty(),
     )
     .unwrap();
-    let rig_file = sim.rig_file(dir.path(), "killed", "off");
+    let rig_file = sim.rig_file(dir.path(), "killed", "sonoff-basic", "off");
     let (mut child, mut out) = monitor(&rig_file, "killed", dir.path());
     // The boot of the monitor's power cycle at its start, then six more, each shown by the monitor
     // (each ends with the ROM giving up on the erased flash); then SIGKILL, then six more boots

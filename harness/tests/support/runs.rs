@@ -2,8 +2,8 @@
 //! log and flash file kept, and checks what a run must always leave behind: a report that says
 //! it is complete and a capture that holds every byte the board sent.
 //!
-//! Shared by the fault matrix (tests/fault_matrix.rs) and the OTA attacks
-//! (tests/ota_attacks.rs).
+//! Shared by the fault matrix (tests/fault_matrix.rs), the OTA attacks (tests/ota_attacks.rs),
+//! the safety tests (tests/safety.rs) and the virtual rig's tests (tests/rig_virtual.rs).
 
 #![allow(dead_code, reason = "each test file uses a part")]
 
