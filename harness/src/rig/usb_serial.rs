@@ -42,6 +42,22 @@ pub(crate) fn resting_levels(config: &UsbSerialConfig, power_at_exit: PowerAtExi
     (false, rts)
 }
 
+/// (DTR, RTS) asserted for EN held in reset and GPIO0 pressed, on the auto-reset circuit:
+/// reset wins, since the circuit cannot pull both pins low at once.
+fn straps(reset: bool, gpio0: bool) -> (bool, bool) {
+    match (reset, gpio0) {
+        (true, _) => (false, true),
+        (false, pressed) => (pressed, false),
+    }
+}
+
+/// The pins (EN low, GPIO0 low) that (DTR, RTS) asserted pull on the cross-coupled auto-reset
+/// circuit: each transistor conducts only while its own line is asserted and the other is not.
+#[cfg(test)]
+fn pins(dtr: bool, rts: bool) -> (bool, bool) {
+    (rts && !dtr, dtr && !rts)
+}
+
 /// DTR/RTS as [`Lines`].
 #[derive(Debug)]
 pub(crate) struct ModemLines {
@@ -63,10 +79,7 @@ impl ModemLines {
 
     /// Sets DTR/RTS for the logical state (auto-reset mapping, see the module docs).
     fn apply_straps(&mut self) -> Result<(), RigError> {
-        let (dtr, rts) = match (self.reset, self.gpio0) {
-            (true, _) => (false, true),
-            (false, pressed) => (pressed, false),
-        };
+        let (dtr, rts) = straps(self.reset, self.gpio0);
         // DTR first, as esptool does: the EN capacitor covers the microseconds in between.
         self.capture.set_dtr(dtr)?;
         self.capture.set_rts(rts)?;
@@ -116,6 +129,38 @@ impl Lines for ModemLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn straps_map_to_the_pins_the_auto_reset_circuit_pulls() {
+        // Released: neither pin pulled; GPIO0 pressed alone; reset alone or with GPIO0.
+        assert_eq!(
+            pins(straps(false, false).0, straps(false, false).1),
+            (false, false)
+        );
+        assert_eq!(
+            pins(straps(false, true).0, straps(false, true).1),
+            (false, true)
+        );
+        assert_eq!(
+            pins(straps(true, false).0, straps(true, false).1),
+            (true, false)
+        );
+        assert_eq!(
+            pins(straps(true, true).0, straps(true, true).1),
+            (true, false)
+        );
+        // Entering download mode as the rig does it (GPIO0 pressed, reset pulsed, reset
+        // released) goes from EN low straight to GPIO0 low with EN released: esptool's
+        // classic reset, and the chip samples GPIO0 low as EN rises.
+        let sequence: Vec<_> = [(false, true), (true, true), (false, true)]
+            .iter()
+            .map(|&(reset, gpio0)| {
+                let (dtr, rts) = straps(reset, gpio0);
+                pins(dtr, rts)
+            })
+            .collect();
+        assert_eq!(sequence, [(false, true), (true, false), (false, true)]);
+    }
 
     #[test]
     fn power_polarity_and_resting_levels() {
