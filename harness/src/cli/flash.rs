@@ -12,7 +12,9 @@ use harness::flash::{
     self, FlashError, FlashOptions, Progress, SyncConfig, VERIFY_TIMEOUT, Verification, Written,
 };
 use harness::image;
-use harness::rig::{self, BoardConfig, Link, OpenOptions, RigConfig, RigError, TimeScale, safety};
+use harness::rig::{
+    self, BoardConfig, OpenOptions, RigConfig, RigError, SerialLink, TimeScale, safety,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use miette::{Context as _, IntoDiagnostic as _};
 
@@ -205,7 +207,7 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
     let mut config = CaptureConfig::new(&port);
     config.file = args.capture.clone();
     config.follow = false;
-    let capture = Capture::start(config)?;
+    let capture = std::sync::Arc::new(Capture::start(config)?);
     eprintln!(
         "syncing with the ROM loader on {} (the board must be in download mode: hold GPIO0 low \
          while powering on; release after the banner)",
@@ -220,7 +222,7 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
     // soon the board is power-cycled.
     let lines = capture.subscribe();
     let mut ui = Ui::new(std::io::stderr().is_terminal());
-    let mut link = CaptureLink(&capture);
+    let mut link = SerialLink::new(std::sync::Arc::clone(&capture));
     let result = flash::write_image(&mut link, kind, bytes, &options, None, &mut |p| {
         ui.progress(p)
     });
@@ -253,30 +255,6 @@ fn flash_port(args: &FlashArgs, port: PathBuf, kind: &BoardProfile, bytes: &[u8]
         outln!("the board is still in the ROM loader: power-cycle it with GPIO0 released")?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// The capture of a bare port as a [`Link`].
-struct CaptureLink<'a>(&'a Capture);
-
-impl Link for CaptureLink<'_> {
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, RigError> {
-        Ok(self.0.read(buf, timeout)?)
-    }
-    fn write_all(&mut self, data: &[u8]) -> Result<(), RigError> {
-        Ok(self.0.write_all(data)?)
-    }
-    fn set_baud(&mut self, baud: u32) -> Result<(), RigError> {
-        Ok(self.0.set_baud(baud)?)
-    }
-    fn baud(&self) -> u32 {
-        self.0.baud()
-    }
-    fn drain(&mut self) -> Result<(), RigError> {
-        Ok(self.0.flush()?)
-    }
-    fn discard_input(&mut self) -> Result<(), RigError> {
-        Ok(self.0.discard_input()?)
-    }
 }
 
 fn print_written(w: &Written) -> miette::Result<()> {

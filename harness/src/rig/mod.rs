@@ -381,6 +381,11 @@ pub trait Rig: Send {
 pub struct SerialLink(Arc<Capture>);
 
 impl SerialLink {
+    /// A link over `capture` (a bare port, or a rig board's).
+    pub fn new(capture: Arc<Capture>) -> Self {
+        SerialLink(capture)
+    }
+
     /// The capture behind the link.
     pub fn capture(&self) -> &Capture {
         &self.0

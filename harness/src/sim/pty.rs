@@ -4,7 +4,9 @@
 //!   closing and reopening the port never makes the master read fail with EIO (hangup).
 //! - The host's baud rate is whatever the client set on the slave; it is read with `TCGETS2`
 //!   (termios2), which also reports the arbitrary rates (74880) that pyserial and the serialport
-//!   crate set with `BOTHER`. Bytes pass through [`super::uart::resample`] in both directions.
+//!   crate set with `BOTHER`. Bytes pass through [`super::uart::resample`] in both directions;
+//!   a rate the host sets meets only the board's bytes sent after it could have reacted
+//!   ([`HOST_REACTION`]).
 //! - Bytes the chip sends while nobody reads stay in the pty buffer, like in a USB-UART bridge's
 //!   buffer; clients flush their input after opening (esptool does). When the buffer stays full
 //!   for [`WRITE_STALL`], further bytes are dropped, as a UART with nobody listening loses them.
