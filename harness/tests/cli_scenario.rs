@@ -501,9 +501,11 @@ fn every_scenario_in_the_repository_passes_on_the_virtual_rig() {
 /// still start their simulators from the binary the process runs, not from its old path.
 #[test]
 fn a_binary_deleted_during_a_run_still_starts_its_simulators() {
-    let tmp = tempfile::tempdir().unwrap();
+    // A hard link, not a copy: a copy holds a write descriptor that a process another test
+    // forks at that moment inherits, and exec of a file open for writing fails (ETXTBSY).
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let exe = tmp.path().join("harness");
-    std::fs::copy(env!("CARGO_BIN_EXE_harness"), &exe).unwrap();
+    std::fs::hard_link(env!("CARGO_BIN_EXE_harness"), &exe).unwrap();
     let out_dir = tmp.path().join("out");
     let child = std::process::Command::new(&exe)
         .current_dir(repo_root())
