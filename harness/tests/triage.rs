@@ -144,6 +144,53 @@ fn seed_basic_report_names_the_copy_and_the_remedy() {
     assert_eq!(r.boots.len(), 1);
 }
 
+/// boot-log.md §3: the `csum` the ROM prints is the checksum stored in the image and the
+/// `chksum` before it the one computed over the segments; when they differ and nothing runs
+/// after them, the image at 0x0 is bad even without a `csum err` line.
+#[test]
+fn a_csum_unlike_its_chksum_is_a_checksum_error_when_the_boot_stops() {
+    let stopped = b" ets Jan  8 2013,rst cause:2, boot mode:(3,6)\r\n\r\n\
+        load 0x40100000, len 31124, room 16 \r\ntail 4\r\nchksum 0xcc\r\n\
+        load 0x3ffe8000, len 2252, room 4 \r\ntail 8\r\nchksum 0x8e\r\ncsum 0x53\r\n";
+    let r = triage::triage_bytes(stopped);
+    assert_eq!(r.class, Class::ChecksumError, "{}", r.summary);
+    let lines: Vec<u64> = r.evidence.iter().map(|e| e.line).collect();
+    assert!(lines.contains(&8) && lines.contains(&9), "{lines:?}");
+
+    // The same values with eboot and the app after them: the ROM went on, so the pair is a
+    // misread line, not a bad image.
+    let mut went_on = stopped.to_vec();
+    went_on.extend_from_slice(b"v614f7c32\r\n~ld\r\nHello from the app\r\n");
+    let r = triage::triage_bytes(&went_on);
+    assert_eq!(r.class, Class::HealthyBoot, "{}", r.summary);
+
+    // Equal values are the normal case.
+    let equal = String::from_utf8_lossy(stopped).replace("csum 0x53", "csum 0x8e");
+    assert_ne!(
+        triage::triage_bytes(equal.as_bytes()).class,
+        Class::ChecksumError
+    );
+}
+
+/// `ld` hands over to the app; only the app's own output shows that it runs.
+#[test]
+fn a_boot_that_ends_at_ld_is_healthy_only_with_medium_confidence() {
+    let to_ld = b" ets Jan  8 2013,rst cause:2, boot mode:(3,6)\r\n\r\n\
+        load 0x4010f000, len 1264, room 16 \r\ntail 0\r\nchksum 0x42\r\ncsum 0x42\r\n\
+        @cp:0\r\nld\r\n";
+    let r = triage::triage_bytes(to_ld);
+    assert_eq!(r.class, Class::HealthyBoot);
+    assert_eq!(r.confidence, triage::Confidence::Medium);
+    assert!(r.summary.contains("no app output"), "{}", r.summary);
+
+    let mut with_app = to_ld.to_vec();
+    with_app.extend_from_slice(b"\r\nsonoff relay ready\r\n");
+    let r = triage::triage_bytes(&with_app);
+    assert_eq!(r.class, Class::HealthyBoot);
+    assert_eq!(r.confidence, triage::Confidence::High);
+    assert!(r.summary.contains("the new app started"), "{}", r.summary);
+}
+
 /// Snapshots of what people read, for a handful of logs of different kinds.
 #[test]
 fn report_snapshots() {

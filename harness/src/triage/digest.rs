@@ -19,6 +19,11 @@ pub(crate) struct Digest<'a> {
     pub impossible_segment: Option<&'a Record>,
     pub csum_err: Option<&'a Record>,
     pub csum: Option<&'a Record>,
+    /// The last `chksum` line so far: the loader's running checksum after a segment.
+    pub chksum: Option<(u8, &'a Record)>,
+    /// A `csum` (the checksum stored in the image) that differs from the `chksum` before it
+    /// (the one computed over the segments): the pair of lines.
+    pub csum_mismatch: Option<(&'a Record, &'a Record)>,
     pub flash_read_err: Option<&'a Record>,
     pub ets_main: Option<&'a Record>,
     pub eboot_version: Option<(u32, &'a Record)>,
@@ -69,6 +74,8 @@ impl<'a> Digest<'a> {
             impossible_segment: None,
             csum_err: None,
             csum: None,
+            chksum: None,
+            csum_mismatch: None,
             flash_read_err: None,
             ets_main: None,
             eboot_version: None,
@@ -100,7 +107,15 @@ impl<'a> Digest<'a> {
                     }
                 }
                 Event::CsumErr => d.csum_err = d.csum_err.or(Some(r)),
-                Event::Csum(_) => d.csum = d.csum.or(Some(r)),
+                Event::Chksum(v) => d.chksum = Some((*v, r)),
+                Event::Csum(v) => {
+                    d.csum = d.csum.or(Some(r));
+                    if let Some((computed, chk)) = d.chksum
+                        && computed != *v
+                    {
+                        d.csum_mismatch = d.csum_mismatch.or(Some((chk, r)));
+                    }
+                }
                 Event::FlashReadErr => d.flash_read_err = d.flash_read_err.or(Some(r)),
                 Event::EtsMain => d.ets_main = d.ets_main.or(Some(r)),
                 Event::EbootVersion(v) => d.eboot_version = d.eboot_version.or(Some((*v, r))),
@@ -258,6 +273,8 @@ impl<'a> Digest<'a> {
             let mut s = format!("loader {} segment(s)", self.loads.len());
             if self.csum_err.is_some() {
                 s.push_str(", csum err");
+            } else if self.csum_mismatch.is_some() {
+                s.push_str(", checksum mismatch");
             }
             stages.push(s);
         }

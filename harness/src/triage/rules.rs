@@ -430,8 +430,8 @@ fn flash_config_mismatch<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
     None
 }
 
-/// boot-log.md §3/§4: `csum err` (the image at 0x0 failed the ROM's checksum), `flash read
-/// err`, eboot's `e:N` after `ld` (the app at 0x1000 cannot be loaded), and `ets_main.c` right
+/// boot-log.md §3/§4: `csum err` or a `csum` unlike the `chksum` before it (the image at 0x0
+/// failed the ROM's checksum), `flash read err`, eboot's `e:N` after `ld` (the app at 0x1000 cannot be loaded), and `ets_main.c` right
 /// after a flash-boot banner (no image header at 0x0: the ROM halts; esp8266.com p=42567 shows
 /// it for erased flash).
 fn checksum_error<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
@@ -444,6 +444,19 @@ fn checksum_error<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             evidence.extend(d.ets_main);
             "The ROM's checksum of the image at flash 0x0 failed (csum err) and it halted: the \
              boot image in flash is corrupt or was read wrongly."
+                .to_string()
+        } else if let Some((chk, cs)) = d
+            .csum_mismatch
+            .filter(|_| d.eboot_version.is_none() && d.ld.is_none() && !d.app_text)
+        {
+            // Only when nothing ran after it: a boot that goes on shows the ROM accepted it.
+            evidence.extend(d.loads.iter().copied().take(3));
+            evidence.push(chk);
+            evidence.push(cs);
+            evidence.extend(d.ets_main);
+            "The image at flash 0x0 failed the ROM's checksum (the chksum computed over its \
+             segments differs from the csum stored in it) and nothing started: the boot image \
+             in flash is corrupt or was read wrongly."
                 .to_string()
         } else if let Some(r) = d.flash_read_err {
             evidence.push(r);
@@ -840,21 +853,33 @@ fn healthy<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
     evidence.extend(last.ld.or(last.sdk_start));
     evidence.extend(last.identity.or(last.last_text.first().copied()));
     let ota = matches!(last.copy, Some((Some(0), _)));
-    let summary = match (last.banner.is_some(), ota) {
-        (true, true) => "The board booted normally: eboot copied the staged OTA image (@cp:0), \
-                         loaded it (ld) and the new app started."
+    // `ld` hands over to the app, but only its output shows that it runs: it may print at
+    // another baud rate, or the capture may end there.
+    let app_seen = last.app_text || last.sdk_start.is_some() || last.crash.is_some();
+    let summary = match (last.banner.is_some(), ota, app_seen) {
+        (true, true, true) => "The board booted normally: eboot copied the staged OTA image \
+                               (@cp:0), loaded it (ld) and the new app started."
             .to_string(),
-        (true, false) => {
+        (true, true, false) => "eboot copied the staged OTA image (@cp:0) and loaded it (ld) \
+                                with no fault; the capture holds no app output after that, so \
+                                it does not show the new app running (it may print at another \
+                                baud rate)."
+            .to_string(),
+        (true, false, true) => {
             "The board booted normally: ROM, boot loader and app, with no fault.".to_string()
         }
-        (false, _) => "The app is running and printed no fault; the capture holds no ROM boot \
-                       banner to check the boot itself."
+        (true, false, false) => "The ROM and the boot loader finished (ld) with no fault; the \
+                                 capture holds no app output after that, so it does not show \
+                                 the app running (it may print at another baud rate)."
+            .to_string(),
+        (false, _, _) => "The app is running and printed no fault; the capture holds no ROM \
+                          boot banner to check the boot itself."
             .to_string(),
     };
-    let confidence = if last.banner.is_some() {
-        Confidence::High
-    } else {
-        Confidence::Low
+    let confidence = match (last.banner.is_some(), app_seen) {
+        (true, true) => Confidence::High,
+        (true, false) => Confidence::Medium,
+        (false, _) => Confidence::Low,
     };
     partial(summary, confidence, evidence)
 }
