@@ -91,6 +91,72 @@ fn every_corpus_log_gets_its_class() {
     }
 }
 
+#[derive(Deserialize)]
+struct RealWorld {
+    log: Vec<RealWorldLog>,
+    disagreement: Vec<RealWorldDisagreement>,
+}
+
+#[derive(Deserialize)]
+struct RealWorldLog {
+    file: String,
+    source: String,
+    class: String,
+}
+
+#[derive(Deserialize)]
+struct RealWorldDisagreement {
+    file: String,
+    triage: String,
+    why: String,
+}
+
+/// Logs the rules were not written from (fixtures/realworld): each gets the class its thread
+/// supports, or exactly the class its listed disagreement argues for.
+#[test]
+fn real_world_logs_beyond_the_corpus() {
+    let dir = fixtures().join("realworld");
+    let set: RealWorld =
+        toml::from_str(&std::fs::read_to_string(dir.join("labels.toml")).unwrap()).unwrap();
+    let argued: HashMap<&str, &RealWorldDisagreement> = set
+        .disagreement
+        .iter()
+        .map(|d| (d.file.as_str(), d))
+        .collect();
+    let mut agree = 0;
+    let mut wrong = Vec::new();
+    for e in &set.log {
+        assert!(e.source.starts_with("https://"), "{}", e.file);
+        let got = classify(&dir.join(&e.file));
+        let want = match argued.get(e.file.as_str()) {
+            Some(d) => {
+                assert!(!d.why.is_empty());
+                assert_ne!(d.triage, e.class, "{} is no disagreement", e.file);
+                d.triage.as_str()
+            }
+            None => {
+                agree += 1;
+                e.class.as_str()
+            }
+        };
+        if got.id() != want {
+            wrong.push(format!("{}: got {}, want {want}", e.file, got.id()));
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    for d in &set.disagreement {
+        assert!(set.log.iter().any(|e| e.file == d.file), "{}", d.file);
+    }
+    // Every file on disk is labelled.
+    for sub in ["arduino", "others"] {
+        for f in std::fs::read_dir(dir.join(sub)).unwrap() {
+            let name = format!("{sub}/{}", f.unwrap().file_name().to_string_lossy());
+            assert!(set.log.iter().any(|e| e.file == name), "{name} unlabelled");
+        }
+    }
+    assert_eq!((agree, set.log.len()), (42, 52));
+}
+
 #[test]
 fn every_corpus_file_is_listed() {
     let dir = fixtures().join("corpus");
@@ -189,6 +255,146 @@ fn a_boot_that_ends_at_ld_is_healthy_only_with_medium_confidence() {
     assert_eq!(r.class, Class::HealthyBoot);
     assert_eq!(r.confidence, triage::Confidence::High);
     assert!(r.summary.contains("the new app started"), "{}", r.summary);
+}
+
+const FLASH_BOOT: &str = "load 0x4010f000, len 1384, room 16 \ntail 8\nchksum 0x2d\n\
+    csum 0x2d\nv614f7c32\n~ld\n";
+
+fn banner(cause: u8, x: u8) -> String {
+    format!("\n ets Jan  8 2013,rst cause:{cause}, boot mode:({x},6)\n\n")
+}
+
+/// failure-modes A and G: a crash resets the chip, and with the straps still latched from a
+/// serial upload the restart lands in download mode. The crash is the fault to fix; the
+/// download-mode restart is a note.
+#[test]
+fn a_crash_outranks_the_download_mode_restart_it_caused() {
+    let soft_wdt = "Soft WDT reset\n\n>>>stack>>>\n\nctx: cont\nsp: 3ffefbf0 end: 3ffefde0 \
+        offset: 01b0\n3ffefda0:  3ffe8510 3ffeeb28 3ffeed88 402021bd\n<<<stack<<<\n";
+    let log = format!(
+        "{}{FLASH_BOOT}app running\n{soft_wdt}{}{}wdt reset\n",
+        banner(2, 3),
+        banner(2, 1),
+        banner(4, 1)
+    );
+    let r = triage::triage_bytes(log.as_bytes());
+    assert_eq!(r.class, Class::SoftWdt, "{}", r.summary);
+    assert!(
+        r.details.notes.iter().any(|n| n.contains("download mode")),
+        "{:?}",
+        r.details.notes
+    );
+
+    // Without the crash the same restart is the serial-flash latch.
+    let log = format!(
+        "{}{FLASH_BOOT}Rebooting...\n{}{}wdt reset\n",
+        banner(2, 3),
+        banner(2, 1),
+        banner(4, 1)
+    );
+    assert_eq!(
+        triage::triage_bytes(log.as_bytes()).class,
+        Class::RestartAfterSerialFlash
+    );
+}
+
+/// failure-modes F: power-on resets while the app runs, more than once, point at the supply;
+/// one looks like a power cycle by hand and is only a note.
+#[test]
+fn unannounced_power_on_resets_point_at_the_supply() {
+    let once = format!(
+        "{}{FLASH_BOOT}relay on\n{}{FLASH_BOOT}",
+        banner(1, 3),
+        banner(1, 3)
+    );
+    let r = triage::triage_bytes(once.as_bytes());
+    assert_eq!(r.class, Class::HealthyBoot, "{}", r.summary);
+    assert!(
+        r.details.notes.iter().any(|n| n.contains("power-on reset")),
+        "{:?}",
+        r.details.notes
+    );
+
+    let twice = format!("{once}relay on\n{}{FLASH_BOOT}relay on\n", banner(1, 3));
+    let r = triage::triage_bytes(twice.as_bytes());
+    assert_eq!(r.class, Class::BrownoutOrPower);
+    assert_eq!(r.confidence, triage::Confidence::Medium);
+
+    // An announced restart is no brown-out.
+    let announced = format!(
+        "{}{FLASH_BOOT}APP: Restarting\n{}{FLASH_BOOT}relay on\n",
+        banner(1, 3),
+        banner(1, 3)
+    );
+    assert_eq!(
+        triage::triage_bytes(announced.as_bytes()).class,
+        Class::HealthyBoot
+    );
+}
+
+/// A restart the app announces is no fault; the same restart again and again is a loop,
+/// unless updates asked for them.
+#[test]
+fn announced_restarts_again_and_again_are_a_loop() {
+    let boot = |last: &str| format!("{}{FLASH_BOOT}WifiManager active\n{last}\n", banner(2, 3));
+    let log = [
+        boot("APP: Restarting"),
+        boot("APP: Restarting"),
+        boot("APP: Restarting"),
+    ]
+    .concat();
+    let r = triage::triage_bytes(log.as_bytes());
+    assert_eq!(r.class, Class::BootLoop, "{}", r.summary);
+    assert!(r.summary.contains("APP: Restarting"), "{}", r.summary);
+
+    let updates = [
+        boot("Update Success: 301456\nRebooting..."),
+        boot("Update Success: 301456\nRebooting..."),
+        boot("ready"),
+    ]
+    .concat();
+    assert_eq!(
+        triage::triage_bytes(updates.as_bytes()).class,
+        Class::HealthyBoot
+    );
+}
+
+/// Lines pasted from serial monitors and forum replies carry prefixes; the triage reads
+/// through them.
+#[test]
+fn prefixed_captures_get_the_same_class() {
+    let bytes = std::fs::read(fixtures().join("corpus/soft-wdt-01.log")).unwrap();
+    let want = triage::triage_bytes(&bytes).class;
+    assert_eq!(want, Class::SoftWdt);
+    let text = String::from_utf8_lossy(&bytes);
+    for prefix in [
+        "> ",
+        "[14:58:27]",
+        "[2023-01-05 12:00:01.123] ",
+        "12:00:01.123 > ",
+    ] {
+        let prefixed: String = text.lines().map(|l| format!("{prefix}{l}\n")).collect();
+        assert_eq!(
+            triage::triage_bytes(prefixed.as_bytes()).class,
+            want,
+            "prefix {prefix:?}"
+        );
+    }
+}
+
+/// Nothing to judge: the summary still says how far the boot got, as the boot list does.
+#[test]
+fn an_inconclusive_capture_says_where_the_boot_stopped() {
+    let log = format!(
+        "{}load 0x4010f000, len 1384, room 16 \ntail 8\nchksum 0x2d\ncsum 0x2d\nv9c56ed1f\n",
+        banner(1, 3)
+    );
+    let r = triage::triage_bytes(log.as_bytes());
+    assert_eq!(r.class, Class::Inconclusive);
+    assert!(r.summary.contains("eboot v9c56ed1f"), "{}", r.summary);
+    assert_eq!(r.evidence.len(), 1);
+    let r = triage::triage_bytes(b"");
+    assert!(r.summary.contains("no boot"), "{}", r.summary);
 }
 
 /// Snapshots of what people read, for a handful of logs of different kinds.

@@ -75,15 +75,10 @@ fn put(sink: &mut impl Sink, event: Event, text: &[u8]) {
 }
 
 fn parse_part(line: &[u8], chain: Option<&[u8]>, depth: usize, sink: &mut impl Sink) {
-    let line = trim(line);
+    let line = strip_capture_prefix(trim(line));
     if line.is_empty() {
         return;
     }
-    let line = if line[0].is_ascii_digit() {
-        strip_monitor_timestamp(line)
-    } else {
-        line
-    };
     // Known line kinds first, by their first bytes: most lines of a boot log are one of them,
     // and they need no scan of the whole line.
     if line.starts_with(b"ets Jan") {
@@ -136,9 +131,16 @@ fn parse_part(line: &[u8], chain: Option<&[u8]>, depth: usize, sink: &mut impl S
     if !scan.plain && is_garbage(line) {
         let bytes = line.len() as u32;
         put(sink, Event::Garbage { bytes }, line);
-    } else {
-        put(sink, Event::Text, line);
+        return;
     }
+    // Update messages behind a log tag (`UPD: Update Success`, `Update Failed: ERROR[8]`).
+    if scan.has_update_mark
+        && let Some((event, _)) = update_line_anywhere(line)
+    {
+        put(sink, event, line);
+        return;
+    }
+    put(sink, Event::Text, line);
 }
 
 /// What one pass over a line tells.
@@ -147,20 +149,24 @@ struct Scan {
     plain: bool,
     /// Holds a `J`, so it may hold a ROM banner.
     has_j: bool,
+    /// Holds a `[` or a `U`, so it may hold an Updater message (`ERROR[`, `Update Success`).
+    has_update_mark: bool,
 }
 
 /// One pass over the line. A reduction without early exit: the compiler turns it into SIMD,
 /// which beats stopping early on lines of a few dozen bytes.
 fn scan(line: &[u8]) -> Scan {
-    let (bad, j) = line.iter().fold((0u8, 0u8), |(bad, j), &c| {
+    let (bad, j, u) = line.iter().fold((0u8, 0u8, 0u8), |(bad, j, u), &c| {
         (
             bad | u8::from(!((0x20..0x7f).contains(&c) || c == b'\t')),
             j | u8::from(c == b'J'),
+            u | u8::from(c == b'[' || c == b'U'),
         )
     });
     Scan {
         plain: bad == 0,
         has_j: j != 0,
+        has_update_mark: u != 0,
     }
 }
 
@@ -182,22 +188,101 @@ fn trim(mut b: &[u8]) -> &[u8] {
     b
 }
 
-/// Serial monitors (Arduino IDE) prefix each line with `HH:MM:SS.mmm -> `.
-fn strip_monitor_timestamp(line: &[u8]) -> &[u8] {
-    if line.len() >= 16
-        && line[2] == b':'
-        && line[5] == b':'
-        && line[8] == b'.'
-        && &line[12..16] == b" -> "
-        && line[..12]
-            .iter()
-            .enumerate()
-            .all(|(i, c)| matches!(i, 2 | 5 | 8) || c.is_ascii_digit())
-    {
-        trim(&line[16..])
-    } else {
-        line
+/// Most prefixes removed from one line.
+const MAX_PREFIXES: usize = 3;
+
+/// Removes what serial monitors, terminal programs and forum quoting put in front of each
+/// line: `12:00:01.123 -> ` (Arduino IDE), `12:00:01.123 > `, `[12:00:01]` or
+/// `[2023-01-05 12:00:01.123] ` (Termite, CoolTerm, web serial consoles, glued or not),
+/// `2023-01-05 12:00:01 `, `> ` (a quoted reply) and `118> ` (line numbers). Several may
+/// stack up (`> [12:00:01] `). The device's own lines never start like this: stack dump lines
+/// start with eight hex digits, ESPHome tags (`[I][wifi:304]`) hold no digit before `]`.
+fn strip_capture_prefix(mut line: &[u8]) -> &[u8] {
+    for _ in 0..MAX_PREFIXES {
+        let rest = match line.first() {
+            Some(b'>') => quote_prefix(line),
+            Some(b'[') => bracketed_stamp(line),
+            Some(c) if c.is_ascii_digit() => bare_stamp(line),
+            _ => None,
+        };
+        match rest {
+            Some(rest) => line = trim(rest),
+            None => break,
+        }
     }
+    line
+}
+
+/// `> text` or a lone `>`; not `>>>stack>>>`.
+fn quote_prefix(line: &[u8]) -> Option<&[u8]> {
+    match line {
+        [b'>'] => Some(&[]),
+        [b'>', b' ' | b'\t', rest @ ..] => Some(rest),
+        _ => None,
+    }
+}
+
+/// `[...]` holding a time, a date or a counter: digits and `:.,-/ T+Z` only, with a digit.
+fn bracketed_stamp(line: &[u8]) -> Option<&[u8]> {
+    const LONGEST: usize = 40;
+    let end = memchr::memchr(b']', &line[..line.len().min(LONGEST)])?;
+    let inner = &line[1..end];
+    let stamp = inner.iter().any(u8::is_ascii_digit)
+        && inner
+            .iter()
+            .all(|c| c.is_ascii_digit() || b":.,-/ T+Z".contains(c));
+    stamp.then(|| arrow(&line[end + 1..]))
+}
+
+/// A time `H:MM:SS` (optionally `.mmm`), a date `YYYY-MM-DD`, or a line number `118>`, then
+/// a separator (` -> `, ` > `, ` | ` or a space) or the end of the line.
+fn bare_stamp(line: &[u8]) -> Option<&[u8]> {
+    let digits = |i: &[u8]| i.iter().take_while(|c| c.is_ascii_digit()).count();
+    let lead = digits(line);
+    let rest = match line.get(lead) {
+        // A time: H:MM:SS or HH:MM:SS, then an optional fraction.
+        Some(b':') if lead <= 2 => {
+            let i = &line[lead + 1..];
+            (digits(i) == 2 && i.get(2) == Some(&b':')).then_some(())?;
+            let i = &i[3..];
+            (digits(i) == 2).then_some(())?;
+            let i = &i[2..];
+            match i {
+                [b'.' | b',', frac @ ..] if digits(frac) > 0 => &frac[digits(frac)..],
+                _ => i,
+            }
+        }
+        // A date: YYYY-MM-DD, then `T` or a space before the time.
+        Some(b'-') if lead == 4 => {
+            let i = &line[5..];
+            (digits(i) == 2 && i.get(2) == Some(&b'-') && digits(&i[3..]) == 2).then_some(())?;
+            match &i[5..] {
+                // `2023-01-05T12:00:01`: the time follows without a separator.
+                [b'T', rest @ ..] if rest.first().is_some_and(u8::is_ascii_digit) => {
+                    return Some(rest);
+                }
+                rest => rest,
+            }
+        }
+        // A line number: `118>` or `118> `.
+        Some(b'>') if lead <= 7 && line.get(lead + 1) != Some(&b'>') => &line[lead + 1..],
+        _ => return None,
+    };
+    match rest.first() {
+        None | Some(b' ' | b'\t' | b'>' | b'|' | b'-') => Some(arrow(rest)),
+        _ => None,
+    }
+}
+
+/// Skips blanks and one separator (`->`, `>`, `|`) after a stamp.
+fn arrow(i: &[u8]) -> &[u8] {
+    let i = trim(i);
+    let i = i
+        .strip_prefix(b"->")
+        .or_else(|| i.strip_prefix(b">").filter(|r| !r.starts_with(b">")))
+        .or_else(|| i.strip_prefix(b"|"))
+        .unwrap_or(i);
+    trim(i)
 }
 
 fn find_banner(line: &[u8]) -> Option<usize> {
@@ -288,6 +373,10 @@ fn classify<'a>(line: &'a [u8], slot: &mut Event) -> Option<&'a [u8]> {
         b'l' if line.starts_with(b"ld") => put(eboot(line)),
         b'l' => put(load(line)),
         b'r' if line.starts_with(b"rf_cal[") || line.starts_with(b"rst_info") => put(rf_cal(line)),
+        // A banner without its `ets Jan  8 2013,` (retyped, or cut by the capture).
+        b'r' if line.starts_with(b"rst cause") || line.starts_with(b"rst  cause") => {
+            put(Some((Event::RomBanner(banner(line)), &[][..])))
+        }
         b't' | b'r' | b'h' => put(loader_detail(line)),
         b'c' if line.starts_with(b"ctx:") => put(ctx(line)),
         b'c' if line.starts_with(b"cp:") || line.starts_with(b"cmp:") => put(eboot(line)),
@@ -432,6 +521,8 @@ fn banner(line: &[u8]) -> Banner {
     fn cause(i: &[u8]) -> IResult<&[u8], u8> {
         let (i, _) = match i.strip_prefix(b"ets Jan  8 2013,") {
             Some(rest) => space0(rest)?,
+            // Retyped or trimmed banners start at `rst cause`.
+            None if i.starts_with(b"rst ") => (i, &i[..0]),
             None => (
                 tag("ets Jan"),
                 space1,
@@ -444,12 +535,27 @@ fn banner(line: &[u8]) -> Banner {
                 .parse(i)
                 .map(|(i, _)| (i, &i[..0]))?,
         };
-        preceded(tag("rst cause:"), dec_u8).parse(i)
+        // Retyped banners: `rst  cause : 2`.
+        preceded(
+            (tag("rst"), space1, tag("cause"), space0, char(':'), space0),
+            dec_u8,
+        )
+        .parse(i)
     }
     fn mode(i: &[u8]) -> IResult<&[u8], BootMode> {
         let (i, _) = match i.strip_prefix(b", boot mode:(") {
             Some(rest) => space0(rest)?,
-            None => (opt(char(',')), space0, tag("boot mode:("), space0)
+            // Retyped banners drop the colon or add spaces: `boot mode (1,6)`.
+            None => (
+                space0,
+                opt(char(',')),
+                space0,
+                tag("boot mode"),
+                opt(char(':')),
+                space0,
+                char('('),
+                space0,
+            )
                 .parse(i)
                 .map(|(i, _)| (i, &i[..0]))?,
         };
@@ -1121,6 +1227,81 @@ mod tests {
         assert_eq!(
             events(b"17:31:43.744 -> ~ld"),
             vec![Event::EbootCommand { found: false }, Event::EbootLoad]
+        );
+    }
+
+    #[test]
+    fn monitor_and_quote_prefixes_are_stripped() {
+        let soft_wdt = vec![Event::SoftWdt];
+        for line in [
+            &b"Soft WDT reset"[..],
+            b"> Soft WDT reset",
+            b"> > Soft WDT reset",
+            b"[14:58:27]Soft WDT reset",
+            b"[14:58:27.123] Soft WDT reset",
+            b"[2023-01-05 12:00:01.123] Soft WDT reset",
+            b"12:00:01.123 > Soft WDT reset",
+            b"12:00:01 -> Soft WDT reset",
+            b"2023-01-05 12:00:01 Soft WDT reset",
+            b"2023-01-05T12:00:01.5 Soft WDT reset",
+            b"118> Soft WDT reset",
+            b"> [14:58:27] Soft WDT reset",
+        ] {
+            assert_eq!(events(line), soft_wdt, "{}", String::from_utf8_lossy(line));
+        }
+        // A prefix with nothing after it is an empty line, not app output.
+        assert_eq!(events(b"16:03:50.336 -> "), vec![]);
+        assert_eq!(events(b"[16:03:50]"), vec![]);
+        assert_eq!(events(b">"), vec![]);
+        // What the device prints itself stays as it is.
+        assert_eq!(events(b">>>stack>>>"), vec![Event::StackBegin]);
+        assert_eq!(events(b"12:00:01.123 >>>stack>>>"), vec![Event::StackBegin]);
+        assert!(matches!(
+            events(b"3ffffd50:  3fffdad0 00000000 3ffee5c8 40201100")[..],
+            [Event::StackWords { count: 4, .. }]
+        ));
+        assert_eq!(events(b"[I][wifi:304]: Starting scan"), vec![Event::Text]);
+    }
+
+    #[test]
+    fn retyped_banners_still_start_a_boot() {
+        let want = |cause, x, y| {
+            vec![Event::RomBanner(Banner {
+                rst_cause: Some(cause),
+                boot_mode: Some(BootMode { x, y }),
+            })]
+        };
+        assert_eq!(
+            events(b"rst cause:4,boot mode(1,6)"),
+            want(RstCause::Watchdog, 1, 6)
+        );
+        assert_eq!(
+            events(b"ets Jan 8 2013,rst  cause:2 , boot mode:(3,6)"),
+            want(RstCause::External, 3, 6)
+        );
+        assert_eq!(
+            events(b"rst cause: 1, boot mode: (3, 7)"),
+            want(RstCause::PowerOn, 3, 7)
+        );
+    }
+
+    #[test]
+    fn updater_errors_behind_any_log_tag() {
+        for line in [
+            &b"Update Failed: ERROR[8]: Flash config wrong real: 4194304 IDE: 16777216"[..],
+            b"[15:10:58][W][ota:276]: Update end failed! Error: ERROR[8]: Flash config wrong",
+            b"00:00:05 UPD: ERROR[8]: Flash config wrong",
+        ] {
+            assert_eq!(
+                events(line),
+                vec![Event::Update(UpdateEvent::Error(8))],
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        assert_eq!(
+            events(b"UPD: Update Success: 301456"),
+            vec![Event::Update(UpdateEvent::Success)]
         );
     }
 

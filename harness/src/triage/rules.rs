@@ -72,6 +72,18 @@ impl<'a> Ctx<'a> {
         (next.boot.index == self.boots[i].boot.index + 1).then_some(next)
     }
 
+    /// The first of the download-mode boots that run up to boot `i` (the watchdog resets the
+    /// chip in download mode again and again; the straps stay latched).
+    fn first_of_download_run(&self, mut i: usize) -> usize {
+        while let Some(p) = self.prev(i)
+            && p.banner.is_some()
+            && p.source() == Some(BootSource::UartDownload)
+        {
+            i -= 1;
+        }
+        i
+    }
+
     fn banner_boots(&self) -> impl Iterator<Item = (usize, &'a Digest<'a>)> {
         self.boots
             .iter()
@@ -196,6 +208,16 @@ pub(crate) fn classify(log: &BootLog, boots: &[Digest<'_>]) -> Finding {
             evidence.sort_by_key(|e| e.line);
             let mut details = p.details;
             fill_common_details(boots, &mut details);
+            if matches!(rule.class, Class::SoftWdt | Class::ExceptionCrash)
+                && let Some(r) = latched_download_restart(&ctx)
+            {
+                details.notes.push(format!(
+                    "Line {}: a restart then landed in the ROM's download mode (boot mode:(1,x)): \
+                     the straps were still latched from a serial upload. Power-cycle the board \
+                     after flashing over serial.",
+                    r.line
+                ));
+            }
             return Finding {
                 class: rule.class,
                 summary: p.summary,
@@ -207,15 +229,47 @@ pub(crate) fn classify(log: &BootLog, boots: &[Digest<'_>]) -> Finding {
             };
         }
     }
+    // Say how far the last boot got, so that the summary agrees with the boot list.
+    let last = boots.iter().rev().find(|d| d.banner.is_some());
+    let summary = match last {
+        Some(d) => format!(
+            "The last boot got as far as `{}` and the capture shows nothing after it: no fault, \
+             and no app output to judge (the capture ended, the app prints at another baud \
+             rate, or the boot hung there).",
+            d.summary().stages
+        ),
+        None => "The capture holds no boot, no crash and no readable app output.".into(),
+    };
     Finding {
         class: Class::Inconclusive,
-        summary: "The capture holds no boot, no crash and no readable app output.".into(),
+        summary,
         confidence: Confidence::Low,
-        evidence: Vec::new(),
+        evidence: last
+            .and_then(|d| d.banner)
+            .map(|r| Evidence {
+                line: r.line,
+                text: r.text.clone(),
+            })
+            .into_iter()
+            .collect(),
         details: Details::default(),
         rule: "nothing-to-judge",
         sources: &[],
     }
+}
+
+/// A software or watchdog restart that landed in download mode (failure-modes A): the banner
+/// of the first one.
+fn latched_download_restart<'a>(ctx: &Ctx<'a>) -> Option<&'a Record> {
+    ctx.banner_boots().find_map(|(i, d)| {
+        let latched = d.source() == Some(BootSource::UartDownload)
+            && (d.wdt_reset.is_some()
+                || matches!(d.cause(), Some(RstCause::Watchdog | RstCause::Software))
+                || ctx
+                    .prev(i)
+                    .is_some_and(|p| p.crash.is_some() || p.announced_restart().is_some()));
+        latched.then_some(d.banner).flatten()
+    })
 }
 
 fn fill_common_details(boots: &[Digest<'_>], details: &mut Details) {
@@ -259,6 +313,16 @@ fn partial(summary: String, confidence: Confidence, evidence: Vec<&Record>) -> O
 fn restart_after_serial_flash<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
     for (i, d) in ctx.banner_boots() {
         if d.source() != Some(BootSource::UartDownload) {
+            continue;
+        }
+        // A crash explains more: one just before caused the restart (the latched straps only
+        // decide where it lands), one after is the fault left once the board was reset by
+        // hand. The crash rules report it, with this restart as a note.
+        if ctx
+            .prev(ctx.first_of_download_run(i))
+            .is_some_and(|p| p.crash.is_some())
+            || ctx.boots[i..].iter().any(|b| b.crash.is_some())
+        {
             continue;
         }
         let wdt = d.wdt_reset.or_else(|| {
@@ -682,10 +746,9 @@ fn hw_wdt_loop<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
     Some(p)
 }
 
-/// failure-modes F: a brown-out resets the chip like a power-on. Power-on resets that cut a
-/// running boot short, with no restart announced and no crash before them, more than once,
-/// point at the supply (one could be a person pulling the plug).
-fn brownout<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
+/// Power-on resets that cut a running boot short, with no restart announced and no crash:
+/// each with the boot it cut short.
+fn unexplained_power_ons<'a>(ctx: &Ctx<'a>) -> Vec<(&'a Digest<'a>, &'a Digest<'a>)> {
     let mut hits = Vec::new();
     for (i, d) in ctx.banner_boots() {
         if d.cause() != Some(RstCause::PowerOn) || d.source() != Some(BootSource::Flash) {
@@ -701,6 +764,15 @@ fn brownout<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             hits.push((prev, d));
         }
     }
+    hits
+}
+
+/// failure-modes F: a brown-out resets the chip like a power-on. Power-on resets that cut a
+/// running boot short, with no restart announced and no crash before them, more than once,
+/// point at the supply. One looks the same as a power cycle by hand (or by the harness), so
+/// it is only a note on the healthy boot.
+fn brownout<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
+    let hits = unexplained_power_ons(ctx);
     if hits.len() < 2 {
         return None;
     }
@@ -742,7 +814,9 @@ fn boot_loop<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             hits.push((prev, d));
         }
     }
-    let (prev, first) = *hits.first()?;
+    let Some(&(prev, first)) = hits.first() else {
+        return restart_loop(ctx);
+    };
     let mut evidence: Vec<&Record> = Vec::new();
     for (prev, d) in hits.iter().take(3) {
         evidence.extend(prev.rf_cal_missing.or(prev.last_text.last().copied()));
@@ -777,6 +851,39 @@ fn boot_loop<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
         p.details.notes.push("rf_cal sector missing".into());
     }
     Some(p)
+}
+
+/// Restarts the app announces, again and again, that no update asked for (a config portal
+/// timing out, a watchdog of the app's own): each boot is clean, the capture is a loop.
+fn restart_loop<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
+    let hits: Vec<(&Record, &Record)> = ctx
+        .banner_boots()
+        .filter(|(_, d)| d.source() == Some(BootSource::Flash))
+        .filter_map(|(i, d)| {
+            let prev = ctx.prev(i)?;
+            if prev.update_success.is_some() || prev.updater_error.is_some() {
+                return None;
+            }
+            let said = prev.announced_restart()?;
+            let text = said.text.to_ascii_lowercase();
+            let update = text.contains("update") || text.contains("ota") || text.trim() == "end";
+            (!update).then_some((said, d.banner?))
+        })
+        .collect();
+    if hits.len() < 2 {
+        return None;
+    }
+    let evidence = hits.iter().take(3).flat_map(|&(a, b)| [a, b]).collect();
+    partial(
+        format!(
+            "The app restarted itself {} times, announcing it each time (\"{}\"), with no update \
+             behind it: a restart loop. The lines before each restart say why the app gives up.",
+            hits.len(),
+            hits[0].0.text.trim()
+        ),
+        Confidence::Medium,
+        evidence,
+    )
 }
 
 /// boot-log.md §2: X=1 (GPIO0 low) is the ROM serial loader, X=4..7 SDIO (`waiting for
@@ -881,5 +988,16 @@ fn healthy<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
         (true, false) => Confidence::Medium,
         (false, _) => Confidence::Low,
     };
-    partial(summary, confidence, evidence)
+    let mut p = partial(summary, confidence, evidence)?;
+    if let [(_, d)] = unexplained_power_ons(ctx)[..]
+        && let Some(banner) = d.banner
+    {
+        p.details.notes.push(format!(
+            "Line {}: the board came back once with a power-on reset while it was running, with \
+             no restart announced: a power cycle by hand looks the same; if nobody switched it, \
+             suspect the supply (a second one would be a brown-out finding).",
+            banner.line
+        ));
+    }
+    Some(p)
 }
