@@ -72,11 +72,12 @@ impl Board {
         let mut child = Command::new(env!("CARGO_BIN_EXE_harness"))
             .args(["sim", "--board", "sonoff-basic", "--flash"])
             .arg(&flash)
-            // Device time at half speed: the app's first line comes 100 device-ms (200 ms)
-            // after eboot's `ld`, and the restart 100 device-ms after its announcement: the
-            // windows in which the capture switches between 115200 and 74880 baud. At the fast
-            // default they are 5 ms, too little for a loaded machine.
-            .args(["--time-scale", "2"])
+            // Device time at twice real speed: below real time the chip waits at each UART
+            // rate switch (eboot's `ld`, a restart) for the capture to follow
+            // (sim::RATE_SWITCH_WAIT), so a loaded machine slows the board down instead of
+            // garbling its first app line; and the UPDATE window (120 device-s) stays a minute
+            // long, which an upload on a loaded machine fits in (at the fast default, 6 s).
+            .args(["--time-scale", "0.5"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -112,7 +113,10 @@ impl Board {
         let http: SocketAddr = get("http").parse().unwrap();
         let ota: SocketAddr = get("ota").parse().unwrap();
         assert_eq!(http.ip(), ota.ip(), "one board address");
-        let (capture, sub) = Capture::start_subscribed(CaptureConfig::new(get("pty"))).unwrap();
+        let mut config = CaptureConfig::new(get("pty"));
+        // The capture's index (baud switches, power notes) explains a failure.
+        config.file = Some(dir.path().join("capture.bin"));
+        let (capture, sub) = Capture::start_subscribed(config).unwrap();
         let mut board = Board {
             child,
             stdin,
@@ -130,6 +134,9 @@ impl Board {
         // Boot again now that the port is read, so nothing of the boot is missed; the capture
         // is told, as a rig does, so that it reads the ROM's output at the ROM's rate.
         assert_eq!(board.control("power off"), "ok");
+        // The first boot's output waited in the pty until the capture opened it; let the
+        // capture read all of it first, or the new boot's notes would claim it.
+        while board.sub.recv_timeout(Duration::from_millis(200)).is_ok() {}
         let capture = board.capture.as_ref().unwrap();
         capture.note(IndexEvent::Power { on: false }).unwrap();
         capture.note(IndexEvent::Power { on: true }).unwrap();
@@ -151,7 +158,14 @@ impl Board {
         loop {
             let left = deadline
                 .checked_duration_since(Instant::now())
-                .unwrap_or_else(|| panic!("no line with {needle:?}; saw {:#?}", self.seen));
+                .unwrap_or_else(|| {
+                    let index = harness::capture::index_path(&self._dir.path().join("capture.bin"));
+                    panic!(
+                        "no line with {needle:?}; saw {:#?}\ncapture index:\n{}",
+                        self.seen,
+                        std::fs::read_to_string(index).unwrap_or_default()
+                    )
+                });
             let Ok(CaptureEvent::Line { text, complete, .. }) = self.sub.recv_timeout(left) else {
                 continue;
             };

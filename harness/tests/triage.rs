@@ -286,14 +286,33 @@ fn a_crash_outranks_the_download_mode_restart_it_caused() {
     );
 
     // Without the crash the same restart is the serial-flash latch.
-    let log = format!(
+    let latched = format!(
         "{}{FLASH_BOOT}Rebooting...\n{}{}wdt reset\n",
         banner(2, 3),
         banner(2, 1),
         banner(4, 1)
     );
     assert_eq!(
-        triage::triage_bytes(log.as_bytes()).class,
+        triage::triage_bytes(latched.as_bytes()).class,
+        Class::RestartAfterSerialFlash
+    );
+
+    // A crash right after the board was reset by hand is the fault left; one boots later is
+    // another story, and the latch stays the finding.
+    let exception = "Exception (28):\nepc1=0x40207b1c epc2=0x00000000 epc3=0x00000000 \
+        excvaddr=0x00000000 depc=0x00000000\n";
+    let crash_next = format!("{latched}{}{FLASH_BOOT}app\n{exception}", banner(2, 3));
+    assert_eq!(
+        triage::triage_bytes(crash_next.as_bytes()).class,
+        Class::ExceptionCrash
+    );
+    let crash_later = format!(
+        "{latched}{}{FLASH_BOOT}app\n{}{FLASH_BOOT}app\n{exception}",
+        banner(1, 3),
+        banner(2, 3)
+    );
+    assert_eq!(
+        triage::triage_bytes(crash_later.as_bytes()).class,
         Class::RestartAfterSerialFlash
     );
 }

@@ -252,7 +252,8 @@ impl BaudFollower {
             (Stage::App, Event::CutHere) if self.armed == Some(Armed::StackEnd) => {
                 self.go(Stage::Rom, SwitchReason::CrashDump)
             }
-            (Stage::App, Event::Text) if self.is_restart_marker(text) => {
+            // Whatever else the line holds (a marker may mention `Update Success`).
+            (Stage::App, _) if self.is_restart_marker(text) => {
                 self.go(Stage::Rom, SwitchReason::Restart)
             }
             _ => None,

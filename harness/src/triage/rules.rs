@@ -84,6 +84,19 @@ impl<'a> Ctx<'a> {
         i
     }
 
+    /// The boot that ends the download-mode boots running from boot `i` (a reset by hand
+    /// or a power cycle), if the capture holds it.
+    fn after_download_run(&self, mut i: usize) -> Option<&'a Digest<'a>> {
+        loop {
+            let next = self.next(i)?;
+            if next.banner.is_some() && next.source() == Some(BootSource::UartDownload) {
+                i += 1;
+            } else {
+                return Some(next);
+            }
+        }
+    }
+
     fn banner_boots(&self) -> impl Iterator<Item = (usize, &'a Digest<'a>)> {
         self.boots
             .iter()
@@ -316,12 +329,14 @@ fn restart_after_serial_flash<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             continue;
         }
         // A crash explains more: one just before caused the restart (the latched straps only
-        // decide where it lands), one after is the fault left once the board was reset by
-        // hand. The crash rules report it, with this restart as a note.
+        // decide where it lands), one in the boot after (or in this one, when the capture
+        // lost the banner of the reset) is the fault left once the board was reset by hand.
+        // The crash rules report it, with this restart as a note.
         if ctx
             .prev(ctx.first_of_download_run(i))
             .is_some_and(|p| p.crash.is_some())
-            || ctx.boots[i..].iter().any(|b| b.crash.is_some())
+            || d.crash.is_some()
+            || ctx.after_download_run(i).is_some_and(|n| n.crash.is_some())
         {
             continue;
         }
