@@ -401,6 +401,22 @@ fn prefixed_captures_get_the_same_class() {
     }
 }
 
+/// boot-log.md §6: the core's own crash lines (`Panic file:line func`, `Abort called`, ...)
+/// are quoted in the summary, since they name the place.
+#[test]
+fn a_core_panic_is_quoted_with_its_place() {
+    let log = b"[14:58:27]User exception (panic/abort/assert)\n\
+        [14:58:27]Panic core_esp8266_main.cpp:191 __yield\n[14:58:27]>>>stack>>>\n";
+    let r = triage::triage_bytes(log);
+    assert_eq!(r.class, Class::ExceptionCrash);
+    assert!(
+        r.summary
+            .contains("`Panic core_esp8266_main.cpp:191 __yield`"),
+        "{}",
+        r.summary
+    );
+}
+
 /// Nothing to judge: the summary still says how far the boot got, as the boot list does.
 #[test]
 fn an_inconclusive_capture_says_where_the_boot_stopped() {

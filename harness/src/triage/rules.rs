@@ -9,7 +9,7 @@
 //! shared docs), which cite esp8266/Arduino's eboot.c, Updater.cpp, core_esp8266_postmortem.cpp
 //! and the issues named below.
 
-use crate::bootlog::{BootLog, BootSource, Record, RstCause};
+use crate::bootlog::{BootLog, BootSource, PostmortemKind, Record, RstCause};
 
 use super::digest::{Crash, CrashKind, Digest, code_region, exception_name};
 use super::{Class, Confidence, Details, Evidence, ExceptionDetail};
@@ -632,7 +632,21 @@ fn exception_crash<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
                 CrashKind::Exception { cause, .. } => {
                     format!("Exception ({cause}) {}", exception_name(cause))
                 }
-                CrashKind::Postmortem(k) => format!("{k:?}"),
+                CrashKind::Postmortem(k) => {
+                    let line: String = crash.record.text.trim().chars().take(100).collect();
+                    let meaning = match k {
+                        PostmortemKind::Panic => "a check in the core or SDK failed at that place",
+                        PostmortemKind::UnhandledCxx => {
+                            "a C++ exception nobody caught, often std::bad_alloc (out of memory)"
+                        }
+                        PostmortemKind::Abort => "abort(): a failed assert or allocation",
+                        PostmortemKind::StackSmashing | PostmortemKind::StackOverflow => {
+                            "the stack overflowed or a buffer on it was overrun"
+                        }
+                        PostmortemKind::GenericReset => "a reset the core could not attribute",
+                    };
+                    format!("`{line}` ({meaning})")
+                }
                 CrashKind::SoftWdt => unreachable!("handled by the soft-wdt rule"),
             };
             let mut summary = format!("The app crashed with {what}");
