@@ -459,7 +459,8 @@ fn flash_config_mismatch<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             return partial(
                 "The ROM read the image header but then loaded impossible segments (address or \
                  length 0): flash reads return nonsense in the mode and size the header selects, \
-                 so the image does not fit this chip's flash."
+                 so the image does not fit this chip's flash (less likely: the flash after the \
+                 header is erased or half-written)."
                     .into(),
                 Confidence::Medium,
                 evidence,
