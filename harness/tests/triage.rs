@@ -35,6 +35,11 @@ struct Disagreement {
     why: String,
 }
 
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> T {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 fn classify(path: &Path) -> Class {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     triage::triage_bytes(&bytes).class
@@ -43,10 +48,8 @@ fn classify(path: &Path) -> Class {
 #[test]
 fn every_corpus_log_gets_its_class() {
     let dir = fixtures().join("corpus");
-    let corpus: Corpus =
-        toml::from_str(&std::fs::read_to_string(dir.join("corpus.toml")).unwrap()).unwrap();
-    let argued: Disagreements =
-        toml::from_str(&std::fs::read_to_string(dir.join("disagreements.toml")).unwrap()).unwrap();
+    let corpus: Corpus = read_toml(&dir.join("corpus.toml"));
+    let argued: Disagreements = read_toml(&dir.join("disagreements.toml"));
     let argued: HashMap<_, _> = argued.entry.iter().map(|d| (d.file.as_str(), d)).collect();
     assert!(
         corpus.log.len() >= 38,
@@ -116,8 +119,7 @@ struct RealWorldDisagreement {
 #[test]
 fn real_world_logs_beyond_the_corpus() {
     let dir = fixtures().join("realworld");
-    let set: RealWorld =
-        toml::from_str(&std::fs::read_to_string(dir.join("labels.toml")).unwrap()).unwrap();
+    let set: RealWorld = read_toml(&dir.join("labels.toml"));
     let argued: HashMap<&str, &RealWorldDisagreement> = set
         .disagreement
         .iter()
@@ -160,8 +162,7 @@ fn real_world_logs_beyond_the_corpus() {
 #[test]
 fn every_corpus_file_is_listed() {
     let dir = fixtures().join("corpus");
-    let corpus: Corpus =
-        toml::from_str(&std::fs::read_to_string(dir.join("corpus.toml")).unwrap()).unwrap();
+    let corpus: Corpus = read_toml(&dir.join("corpus.toml"));
     for f in std::fs::read_dir(&dir).unwrap() {
         let name = f.unwrap().file_name().into_string().unwrap();
         if name.ends_with(".log") {
@@ -187,8 +188,7 @@ struct SeedEntry {
 #[test]
 fn seed_logs_get_the_experts_class() {
     let dir = fixtures().join("seed");
-    let seed: Seed =
-        toml::from_str(&std::fs::read_to_string(dir.join("expected.toml")).unwrap()).unwrap();
+    let seed: Seed = read_toml(&dir.join("expected.toml"));
     assert_eq!(seed.log.len(), 4);
     for e in seed.log {
         assert_eq!(classify(&dir.join(&e.file)).id(), e.class, "{}", e.file);
