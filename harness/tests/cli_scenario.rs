@@ -23,6 +23,18 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// The harness exited with `code`; otherwise fails showing what it printed.
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+}
+
 fn scenario_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("scenarios"))
         .unwrap()
@@ -223,13 +235,7 @@ fn failing_step_exits_1_and_the_report_says_what_was_seen() {
         tmp.path(),
         &["scenario", "run", "no-app.toml", "--out", "out"],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 1);
     let md = std::fs::read_to_string(tmp.path().join("out/report.md")).unwrap();
     assert!(
         md.contains("Failed at step 2 (line 10): wait for a boot (1s)"),
@@ -335,13 +341,7 @@ fn flash_step_writes_the_image_and_the_board_boots_it() {
             tmp.path().join("out").to_str().unwrap(),
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&tmp.path().join("out/report.json"));
     assert_eq!(report["counts"]["pass"], 1, "{report}");
 }
@@ -476,13 +476,7 @@ fn every_scenario_in_the_repository_passes_on_the_virtual_rig() {
         .env("HIL_OTA_WRONG_PASSWORD", "not-the-password")
         .output()
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out_dir.join("report.json"));
     assert_eq!(report["complete"], true);
     assert_eq!(report["counts"]["fail"], 0, "{report}");
@@ -523,13 +517,7 @@ fn a_binary_deleted_during_a_run_still_starts_its_simulators() {
     // The process runs (spawn returns after exec); its file goes before any simulator starts.
     std::fs::remove_file(&exe).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
+    assert_exit(&out, 0);
     let report = json(&out_dir.join("report.json"));
     assert_eq!(report["complete"], true);
 }

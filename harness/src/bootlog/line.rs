@@ -411,12 +411,9 @@ fn classify<'a>(line: &'a [u8], slot: &mut Event) -> Option<&'a [u8]> {
         b'I' => put(updater_error(line)),
         b'j' => put(sdk_start(line)),
         b'2' if line.starts_with(b"2nd boot version") => put(sdk_start(line)),
-        // App lines often carry a timestamp or tag in front of update messages (Tasmota,
-        // ESPEasy); only a line that is not a stack dump line needs the search for them.
-        b'0'..=b'9' if is_stack_words(line) => {
-            put(stack_words(line).or_else(|| update_line_anywhere(line)))
-        }
-        b'0'..=b'9' => put(update_line_anywhere(line)),
+        // Update messages behind a tag or number are looked for once, in `parse_part`, for
+        // every line no parser here took.
+        b'0'..=b'9' if is_stack_words(line) => put(stack_words(line)),
         b'a' | b'b' | b'd' => put(stack_words(line)),
         _ => None,
     }

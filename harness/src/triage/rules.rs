@@ -844,15 +844,14 @@ fn boot_loop<'a>(ctx: &Ctx<'a>) -> Option<Partial<'a>> {
             hits.push((prev, d));
         }
     }
-    let Some(&(prev, first)) = hits.first() else {
+    if hits.is_empty() {
         return restart_loop(ctx);
-    };
+    }
     let mut evidence: Vec<&Record> = Vec::new();
     for (prev, d) in hits.iter().take(3) {
         evidence.extend(prev.rf_cal_missing.or(prev.last_text.last().copied()));
         evidence.extend(d.banner);
     }
-    let _ = (prev, first);
     let rf = hits.iter().find_map(|(p, _)| p.rf_cal_missing);
     let mut p = partial(
         if rf.is_some() {
